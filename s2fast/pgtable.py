@@ -1,0 +1,331 @@
+"""The Python face of the engine: ``Stage2PageTable`` with argument checks,
+geometry as the kernel computes it, and ``Stats`` snapshots."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Union
+
+import numpy as np
+
+from . import _walk
+from ._walk import BuiltinVisitor, MemCache
+from .errors import CorruptTableError
+from .flags import PROT_ALL, Prot, WalkFlags
+
+GRANULES = (4096, 16384, 65536)
+PA_RANGE_BITS = 48
+U64_MAX = (1 << 64) - 1
+KNOWN_WALK_FLAGS = int(WalkFlags.LEAF | WalkFlags.TABLE_PRE | WalkFlags.TABLE_POST | WalkFlags.SHARED
+                       | WalkFlags.HANDLE_FAULT | WalkFlags.SKIP_BBM_TLBI | WalkFlags.SKIP_CMO)
+
+# Virtual address space reserved per table for its descriptor pool: only the
+# pages actually used cost memory.
+DEFAULT_RESERVE = 32 << 30
+
+Visitor = Union[Callable[[Any, int], Optional[int]], BuiltinVisitor]
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What kvm_get_vtcr() and kvm_pgtable_stage2_init() derive from the IPA size."""
+
+    granule: int
+    ia_bits: int
+    start_level: int
+    pgd_pages: int
+    ptrs_per_table: int
+    vtcr: int
+
+    @property
+    def page_shift(self) -> int:
+        return self.granule.bit_length() - 1
+
+    def level_shift(self, level: int) -> int:
+        """ARM64_HW_PGTABLE_LEVEL_SHIFT(level)."""
+        return (self.page_shift - 3) * (4 - level) + 3
+
+    def level_size(self, level: int) -> int:
+        return 1 << self.level_shift(level)
+
+    @property
+    def min_block_level(self) -> int:
+        return 1 if self.granule == 4096 else 2
+
+
+def geometry(ia_bits: int, granule: int = 4096) -> Geometry:
+    """Start level, concatenated PGD pages and VTCR_EL2 for a guest IPA size,
+    computed the kernel's way (PARange 48 bits, 16-bit VMIDs, HA set)."""
+    page_shift = granule.bit_length() - 1
+    levels = max(2, (ia_bits - 8) // (page_shift - 3))  # stage2_pgtable_levels()
+    start_level = 4 - levels
+    shift = (page_shift - 3) * (4 - (start_level - 1)) + 3
+    pgd_pages = (((1 << ia_bits) - 1) >> shift) + 1 if shift < 64 else 1
+    tg0 = {4096: 0, 65536: 1, 16384: 2}[granule]
+    sl0_base = 2 if granule == 4096 else 3
+    vtcr = (1 << 31                       # RES1
+            | 5 << 16                     # PS: 48-bit PA
+            | 1 << 21                     # HA
+            | 1 << 19                     # VS: 16-bit VMID
+            | tg0 << 14
+            | 3 << 12 | 1 << 10 | 1 << 8  # SH0 inner, ORGN0/IRGN0 WBWA
+            | (sl0_base - start_level) << 6
+            | (64 - ia_bits))
+    return Geometry(granule, ia_bits, start_level, pgd_pages, 1 << (page_shift - 3), vtcr)
+
+
+def _u64(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, not {type(v).__name__} {v!r}")
+    v = int(v)
+    if v < 0 or v > U64_MAX:
+        raise ValueError(f"{name} {v!r} is outside 0..2**64-1")
+    return v
+
+
+def _prot(v: Any) -> int:
+    v = _u64("prot", v)
+    if v & ~PROT_ALL:
+        raise ValueError(f"prot {v:#x} has unknown bits {v & ~PROT_ALL:#x}")
+    return v
+
+
+def _flags(v: Any, known: int = KNOWN_WALK_FLAGS) -> int:
+    v = _u64("flags", v)
+    if v & ~known:
+        raise ValueError(f"walk flags {v:#x} have unknown bits {v & ~known:#x}")
+    return v
+
+
+def _memcache(v: Any, allow_none: bool = True) -> Optional[MemCache]:
+    if v is None and allow_none:
+        return None
+    if not isinstance(v, MemCache):
+        raise TypeError(f"memcache must be an s2fast.MemCache{' or None' if allow_none else ''}, "
+                        f"not {type(v).__name__} {v!r}")
+    return v
+
+
+def _level(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"level must be an int, not {type(v).__name__} {v!r}")
+    v = int(v)
+    if not -1 <= v <= 3:
+        raise ValueError(f"level {v} is outside -1..3")
+    return v
+
+
+class Stats:
+    """A snapshot of a page table's event counters (see README for the keys).
+
+    Counters add up over every operation since the last ``reset_stats()``,
+    nested walks included. ``a - b`` gives the counts between two snapshots."""
+
+    __slots__ = ("_d",)
+
+    def __init__(self, d: dict) -> None:
+        object.__setattr__(self, "_d", d)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._d[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, name: str) -> Any:
+        return self._d[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def as_dict(self) -> dict:
+        return dict(self._d)
+
+    def __sub__(self, other: "Stats") -> "Stats":
+        return Stats({k: v - other._d[k] for k, v in self._d.items() if isinstance(v, int)})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Stats) and self._d == other._d
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in self._d.items() if isinstance(v, int) and v)
+        return f"Stats({shown})"
+
+
+class Stage2PageTable:
+    """A guest stage-2 page table, as ``kvm_pgtable_stage2_init()`` builds it.
+
+    Every operation is the pgtable.c function of the same name, with the same
+    results, descriptors and counted events."""
+
+    def __init__(self, ia_bits: int, *, granule: int = 4096, fwb: bool = False, xnx: bool = False,
+                 tlb_range: bool = False, reserve_bytes: int = DEFAULT_RESERVE) -> None:
+        if isinstance(ia_bits, bool) or not isinstance(ia_bits, (int, np.integer)):
+            raise TypeError(f"ia_bits must be an int, not {type(ia_bits).__name__} {ia_bits!r}")
+        if not 32 <= int(ia_bits) <= PA_RANGE_BITS:
+            raise ValueError(f"ia_bits {ia_bits!r} is outside 32..48")
+        if granule not in GRANULES:
+            raise ValueError(f"granule {granule!r} is not one of {GRANULES}")
+        for name, v in (("fwb", fwb), ("xnx", xnx), ("tlb_range", tlb_range)):
+            if not isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, not {type(v).__name__} {v!r}")
+        self.geometry = g = geometry(int(ia_bits), granule)
+        self.fwb, self.xnx, self.tlb_range = bool(fwb), bool(xnx), bool(tlb_range)
+        self._core = _walk.Stage2Core(g.page_shift, g.ia_bits, g.start_level, g.pgd_pages,
+                                      self.fwb, self.xnx, self.tlb_range, int(reserve_bytes),
+                                      CorruptTableError)
+
+    # -- configuration ----------------------------------------------------
+
+    @property
+    def ia_bits(self) -> int:
+        return self.geometry.ia_bits
+
+    @property
+    def granule(self) -> int:
+        return self.geometry.granule
+
+    @property
+    def start_level(self) -> int:
+        return self.geometry.start_level
+
+    @property
+    def pgd_pages(self) -> int:
+        return self.geometry.pgd_pages
+
+    @property
+    def ptrs_per_table(self) -> int:
+        return self.geometry.ptrs_per_table
+
+    @property
+    def vtcr(self) -> int:
+        return self.geometry.vtcr
+
+    def __repr__(self) -> str:
+        return (f"Stage2PageTable(ia_bits={self.ia_bits}, granule={self.granule}, fwb={self.fwb}, "
+                f"xnx={self.xnx}, tlb_range={self.tlb_range}, pages_live={self.pages_live})")
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def descriptors(self) -> np.ndarray:
+        """The descriptor pool as a read-only flat uint64 view; ``ctx.ptep``
+        indexes it. Page ``i`` starts at ``i * ptrs_per_table``."""
+        return self._core.descriptors
+
+    @property
+    def pages_live(self) -> int:
+        return self._core.pages_live
+
+    @property
+    def stats(self) -> Stats:
+        return Stats(self._core.stats_dict())
+
+    def reset_stats(self) -> None:
+        self._core.reset_stats()
+
+    def leaves(self) -> np.ndarray:
+        """Every valid leaf as a structured array (ipa, level, pte) in IPA order."""
+        return self._core.entries(True)
+
+    def annotations(self) -> np.ndarray:
+        """Every non-zero invalid entry (owner annotations, locked entries)."""
+        return self._core.entries(False)
+
+    def table_pages(self) -> int:
+        """Table pages reachable from the root, root pages included."""
+        return self._core.table_pages()
+
+    def table_pa(self, page: int) -> int:
+        """The simulated physical address of pool page ``page``."""
+        return _walk.TABLE_PA_BASE + page * self.granule
+
+    # -- the walker -----------------------------------------------------------
+
+    def walk(self, ipa: int, size: int, visitor: Visitor, flags: int = WalkFlags.LEAF, *,
+             arg: Any = None) -> int:
+        """kvm_pgtable_walk(): visit [ipa, ipa+size) with ``visitor``.
+
+        ``visitor(ctx, visit)`` is called for each visited entry; ``visit`` is
+        the int value of WalkFlags.LEAF / TABLE_PRE / TABLE_POST. It returns
+        an int (or None for 0): non-zero stops the walk and is returned,
+        except -EAGAIN without HANDLE_FAULT. A BuiltinVisitor runs in C."""
+        ipa, size = _u64("ipa", ipa), _u64("size", size)
+        flags = _flags(flags)
+        if not isinstance(visitor, BuiltinVisitor) and not callable(visitor):
+            raise TypeError(f"visitor must be callable or an s2fast built-in visitor, not {visitor!r}")
+        return self._core.walk(ipa, size, visitor, flags, arg)
+
+    # -- stage-2 operations -----------------------------------------------------
+
+    def map(self, ipa: int, size: int, phys: int, prot: int, *, memcache: Optional[MemCache] = None,
+            flags: int = 0) -> int:
+        """kvm_pgtable_stage2_map()."""
+        ipa, size, phys = _u64("ipa", ipa), _u64("size", size), _u64("phys", phys)
+        return self._core.map(ipa, size, phys, _prot(prot), _memcache(memcache), _flags(flags))
+
+    def unmap(self, ipa: int, size: int) -> int:
+        """kvm_pgtable_stage2_unmap()."""
+        return self._core.unmap(_u64("ipa", ipa), _u64("size", size))
+
+    def wrprotect(self, ipa: int, size: int) -> int:
+        """kvm_pgtable_stage2_wrprotect()."""
+        return self._core.wrprotect(_u64("ipa", ipa), _u64("size", size))
+
+    def relax_perms(self, ipa: int, prot: int, flags: int = 0) -> int:
+        """kvm_pgtable_stage2_relax_perms()."""
+        return self._core.relax_perms(_u64("ipa", ipa), _prot(prot), _flags(flags))
+
+    def mkyoung(self, ipa: int, flags: int = 0) -> None:
+        """kvm_pgtable_stage2_mkyoung() (returns nothing, as the kernel's)."""
+        self._core.mkyoung(_u64("ipa", ipa), _flags(flags))
+
+    def test_clear_young(self, ipa: int, size: int, mkold: bool) -> bool:
+        """kvm_pgtable_stage2_test_clear_young()."""
+        if not isinstance(mkold, (bool, np.bool_)):
+            raise TypeError(f"mkold must be a bool, not {type(mkold).__name__} {mkold!r}")
+        return self._core.test_clear_young(_u64("ipa", ipa), _u64("size", size), bool(mkold))
+
+    def get_leaf(self, ipa: int) -> tuple[int, Optional[int], Optional[int]]:
+        """kvm_pgtable_get_leaf(): (ret, pte, level); pte and level are None
+        when ret is non-zero."""
+        return self._core.get_leaf(_u64("ipa", ipa))
+
+    def split(self, ipa: int, size: int, memcache: MemCache) -> int:
+        """kvm_pgtable_stage2_split()."""
+        ipa, size = _u64("ipa", ipa), _u64("size", size)
+        return self._core.split(ipa, size, _memcache(memcache, allow_none=False))
+
+    def flush(self, ipa: int, size: int) -> int:
+        """kvm_pgtable_stage2_flush()."""
+        return self._core.flush(_u64("ipa", ipa), _u64("size", size))
+
+    def set_owner(self, ipa: int, size: int, owner: int, memcache: Optional[MemCache]) -> int:
+        """kvm_pgtable_stage2_set_owner(): annotate [ipa, ipa+size) with owner."""
+        ipa, size = _u64("ipa", ipa), _u64("size", size)
+        owner = _u64("owner", owner)
+        if owner > 0xFF:
+            raise ValueError(f"owner {owner} does not fit the kernel's u8 owner id")
+        return self._core.set_owner(ipa, size, _memcache(memcache), owner)
+
+    def create_unlinked(self, phys: int, level: int, prot: int, memcache: Optional[MemCache],
+                        force_pte: bool = False) -> tuple[int, Optional[int]]:
+        """kvm_pgtable_stage2_create_unlinked(): (0, table PA) or (errno, None)."""
+        phys = _u64("phys", phys)
+        level = _level(level)
+        if level > 2:
+            raise ValueError(f"level {level}: an unlinked table replaces an entry of level 0..2")
+        return self._core.create_unlinked(phys, level, _prot(prot), _memcache(memcache), bool(force_pte))
+
+    def free_unlinked(self, table_pa: int, level: int) -> None:
+        """kvm_pgtable_stage2_free_unlinked()."""
+        self._core.free_unlinked(_u64("table_pa", table_pa), _level(level))
+
+    def destroy(self) -> None:
+        """kvm_pgtable_stage2_destroy(): frees every table; later operations
+        return -EINVAL as in the kernel."""
+        self._core.destroy()
+
+
+def pte_prot(pte: int) -> Prot:
+    """kvm_pgtable_stage2_pte_prot()."""
+    return Prot(_walk.pte_prot(_u64("pte", pte)))

@@ -1810,3 +1810,35 @@ cdef class Stage2Core:
                                   ipa + (i << shift), valid)
             elif (pte & PTE_VALID) == valid:
                 collect_push(data, ipa + (i << shift), level, pte)
+
+
+# ---------------------------------------------------------------------------
+# FNV-1a-64, the hash the kernel conformance data uses for leaves and traces
+
+cdef u64 FNV_PRIME = 0x100000001B3
+
+cdef inline u64 fnv_u64(u64 h, u64 v) noexcept nogil:
+    cdef int i
+    for i in range(8):
+        h = (h ^ ((v >> (8 * i)) & 0xFF)) * FNV_PRIME
+    return h
+
+def fnv1a_values(u64 h, *values):
+    """Fold 64-bit values (little-endian bytes, negatives in two's complement)
+    into an FNV-1a-64 hash."""
+    for v in values:
+        h = fnv_u64(h, <u64>(v & 0xFFFFFFFFFFFFFFFF))
+    return h
+
+def fnv1a_leaves(u64 h, leaves):
+    """FNV-1a-64 over (ipa, level, pte) of every row of a leaves() array."""
+    cdef const u64[::1] ipa = np.ascontiguousarray(leaves["ipa"], dtype=np.uint64)
+    cdef const signed char[::1] level = np.ascontiguousarray(leaves["level"], dtype=np.int8)
+    cdef const u64[::1] pte = np.ascontiguousarray(leaves["pte"], dtype=np.uint64)
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(ipa.shape[0]):
+            h = fnv_u64(h, ipa[i])
+            h = fnv_u64(h, <u64>(<s64>level[i]))
+            h = fnv_u64(h, pte[i])
+    return h

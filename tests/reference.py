@@ -39,9 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-# ---------------------------------------------------------------------------
-# Public flags, errno values, constants
-# ---------------------------------------------------------------------------
+# ---- Public flags, errno values, constants ---------------------------------
 
 
 class WalkFlags(enum.IntFlag):
@@ -105,9 +103,7 @@ WARN_FREE_UNLINKED_COUNT = ("pgtable.c:kvm_pgtable_stage2_free_unlinked "
 WARN_TRY_SET_PTE = ("pgtable.c:stage2_map_walker_try_leaf "
                     "WARN_ON_ONCE(!stage2_try_set_pte(ctx, new))")
 
-# ---------------------------------------------------------------------------
-# Descriptor layout (kvm_pgtable.h) and memory attributes
-# ---------------------------------------------------------------------------
+# ---- Descriptor layout (kvm_pgtable.h) and memory attributes ---------------
 
 MASK64 = (1 << 64) - 1
 
@@ -189,9 +185,7 @@ class MemCache:
         return f"MemCache(nobjs={self.nobjs}, on_empty={self.on_empty!r})"
 
 
-# ---------------------------------------------------------------------------
-# Counters
-# ---------------------------------------------------------------------------
+# ---- Counters --------------------------------------------------------------
 
 _COUNTERS = (
     "visits", "reloads", "callbacks_leaf", "callbacks_table_pre", "callbacks_table_post",
@@ -234,9 +228,7 @@ class Stats:
         return f"Stats({self._values!r})"
 
 
-# ---------------------------------------------------------------------------
-# The harness: mm_ops, hypervisor TLBI entry points, CMO hooks
-# ---------------------------------------------------------------------------
+# ---- The harness: mm_ops, hypervisor TLBI entry points, CMO hooks ----------
 
 
 class _MmOps:
@@ -303,7 +295,7 @@ class _MmOps:
     def zalloc_page(self, mc: MemCache | None) -> int | None:
         if mc is None:                      # NULL memcache: nothing to take from
             return None
-        if mc.nobjs == 0:
+        if mc.nobjs <= 0:
             self.stats.mc_exhausted += 1
             if mc.on_empty == "fail":
                 return None
@@ -408,9 +400,7 @@ class _S2Mmu:
         self.split_page_cache: MemCache | None = None
 
 
-# ---------------------------------------------------------------------------
-# The walker (pgtable.c)
-# ---------------------------------------------------------------------------
+# ---- The walker (pgtable.c) ------------------------------------------------
 
 
 class VisitCtx:
@@ -431,14 +421,7 @@ class VisitCtx:
 
     def set(self, new: int) -> None:
         """WRITE_ONCE(*ctx->ptep, new): raw store, no refcounting."""
-        if isinstance(new, bool) or not isinstance(new, int):
-            try:
-                new = operator.index(new)
-            except TypeError:
-                raise TypeError(f"ctx.set() needs an int, got {new!r}") from None
-        if not 0 <= new <= MASK64:
-            raise ValueError(f"ctx.set() value out of range [0, 2^64): {new!r}")
-        self.mm_ops.mem[self.ptep] = new
+        self.mm_ops.mem[self.ptep] = _as_u64("ctx.set() value", new)
 
 
 class _Walker:
@@ -496,7 +479,8 @@ def kvm_pgtable_visitor_cb(data: _WalkData, ctx: VisitCtx, visit: int) -> int:
         s.callbacks_table_pre += 1
     else:
         s.callbacks_table_post += 1
-    s.by_level[ctx.level] += 1
+    if ctx.level >= 0:
+        s.by_level[ctx.level] += 1
     return data.walker.cb(ctx, visit)
 
 
@@ -618,9 +602,7 @@ def kvm_pgtable_get_leaf(pgt: "Stage2PageTable", addr: int) -> tuple[int, int, i
     return ret, data.pte, data.level
 
 
-# ---------------------------------------------------------------------------
-# Stage-2 configuration: VTCR and geometry
-# ---------------------------------------------------------------------------
+# ---- Stage-2 configuration: VTCR and geometry ------------------------------
 
 
 def arm64_hw_pgtable_levels(page_shift: int, va_bits: int) -> int:
@@ -654,9 +636,7 @@ def kvm_pgd_pages(pgt: "Stage2PageTable", ia_bits: int, start_level: int) -> int
     return ((MASK64 & ((1 << ia_bits) - 1)) >> shift) + 1
 
 
-# ---------------------------------------------------------------------------
-# Stage-2 attributes
-# ---------------------------------------------------------------------------
+# ---- Stage-2 attributes ----------------------------------------------------
 
 
 def stage2_has_fwb(pgt: "Stage2PageTable") -> bool:
@@ -807,9 +787,7 @@ def kvm_block_mapping_supported(ctx: VisitCtx, phys: int) -> bool:
     return not (ctx.addr & (granule - 1))
 
 
-# ---------------------------------------------------------------------------
-# Break-before-make
-# ---------------------------------------------------------------------------
+# ---- Break-before-make -----------------------------------------------------
 
 
 def stage2_try_set_pte(ctx: VisitCtx, new: int) -> bool:
@@ -853,9 +831,7 @@ def stage2_make_pte(ctx: VisitCtx, new: int) -> None:
     mm_ops.mem[ctx.ptep] = new
 
 
-# ---------------------------------------------------------------------------
-# Map / set_owner
-# ---------------------------------------------------------------------------
+# ---- Map / set_owner -------------------------------------------------------
 
 
 class _Stage2MapData:
@@ -993,9 +969,7 @@ def kvm_pgtable_stage2_set_owner(pgt, addr, size, mc, owner_id) -> int:
     return kvm_pgtable_walk(pgt, addr, size, walker)
 
 
-# ---------------------------------------------------------------------------
-# Unmap
-# ---------------------------------------------------------------------------
+# ---- Unmap -----------------------------------------------------------------
 
 
 def stage2_unmap_defer_tlb_flush(pgt) -> bool:
@@ -1054,9 +1028,7 @@ def kvm_pgtable_stage2_unmap(pgt, addr, size) -> int:
     return ret
 
 
-# ---------------------------------------------------------------------------
-# Attribute updates: wrprotect, mkyoung, relax_perms, test_clear_young, flush
-# ---------------------------------------------------------------------------
+# ---- Attribute updates: wrprotect, mkyoung, relax_perms, test_clear_young, flush ---
 
 
 class _Stage2AttrData:
@@ -1169,9 +1141,7 @@ def kvm_pgtable_stage2_flush(pgt, addr, size) -> int:
     return kvm_pgtable_walk(pgt, addr, size, walker)
 
 
-# ---------------------------------------------------------------------------
-# Unlinked tables and split
-# ---------------------------------------------------------------------------
+# ---- Unlinked tables and split ---------------------------------------------
 
 
 def kvm_pgtable_stage2_create_unlinked(pgt, phys, level, prot, mc, force_pte):
@@ -1256,9 +1226,7 @@ def kvm_pgtable_stage2_split(pgt, addr, size, mc) -> int:
     return kvm_pgtable_walk(pgt, addr, size, walker)
 
 
-# ---------------------------------------------------------------------------
-# Freeing: free_unlinked, destroy
-# ---------------------------------------------------------------------------
+# ---- Freeing: free_unlinked, destroy ---------------------------------------
 
 
 def stage2_free_leaf(ctx: VisitCtx) -> int:
@@ -1318,9 +1286,7 @@ def kvm_pgtable_stage2_destroy(pgt) -> None:
     kvm_pgtable_stage2_destroy_pgd(pgt)
 
 
-# ---------------------------------------------------------------------------
-# Argument checking for the public API
-# ---------------------------------------------------------------------------
+# ---- Argument checking for the public API ----------------------------------
 
 
 def _as_int(name: str, v: Any) -> int:
@@ -1364,9 +1330,7 @@ def _as_memcache(v: Any, allow_none: bool = True) -> MemCache | None:
 LEAF_DTYPE = np.dtype([("ipa", "<u8"), ("level", "<i1"), ("pte", "<u8")])
 
 
-# ---------------------------------------------------------------------------
-# The page table
-# ---------------------------------------------------------------------------
+# ---- The page table --------------------------------------------------------
 
 
 class Stage2PageTable:
@@ -1483,8 +1447,10 @@ class Stage2PageTable:
             r = visitor(ctx, visit)
             if r is None:
                 return 0
-            if isinstance(r, bool) or not isinstance(r, int):
-                raise TypeError(f"visitor must return an int or None, got {r!r}")
+            try:
+                r = operator.index(r)
+            except TypeError:
+                raise TypeError(f"visitor must return an int or None, got {r!r}") from None
             if not -(1 << 31) <= r < (1 << 31):
                 raise ValueError(f"visitor return value does not fit a C int: {r!r}")
             return r
@@ -1541,8 +1507,7 @@ class Stage2PageTable:
 
         span = mm.level_shift[self.start_level - 1]
         for p in range(self.pgd_pages):
-            yield from table(self.pgd + p * ptrs, p << span if span < 64 else 0,
-                             self.start_level)
+            yield from table(self.pgd + p * ptrs, p << span, self.start_level)
 
     def _dump(self, want_valid: bool) -> np.ndarray:
         rows = [(ipa, lv, pte) for ipa, lv, pte, _ in self._entries()
@@ -1568,9 +1533,3 @@ class Stage2PageTable:
                 pages.add(self.mm_ops.follow_table(pte, ipa, lv) // ptrs)
         return len(pages)
 
-
-__all__ = [
-    "WalkFlags", "Prot", "E2BIG", "EAGAIN", "ENOMEM", "EINVAL", "ERANGE", "TLBI_TTL_UNKNOWN",
-    "TABLE_PA_BASE", "CorruptTableError", "MemCache", "Stats", "Stage2PageTable", "pte_prot",
-    "VisitCtx",
-]

@@ -29,6 +29,23 @@ therefore has physical address ``TABLE_PA_BASE + 8 * p``.  The PGD pages are
 pool pages ``0 .. pgd_pages-1``.  Allocation pops the most recently freed page
 (and zeroes it) or takes the next never-used index.  Each page has a struct
 page-like refcount (1 when allocated, freed at 0).
+
+Modelling notes (choices the kernel source leaves to the harness)
+----------------------------------------------------------------
+* Every table descriptor is checked before it is followed (walker descent,
+  map TABLE_PRE, unmap and free TABLE_POST): the target must be the start of
+  a live pool page, else ``CorruptTableError(ipa=ctx.addr, level, desc)``.
+  The map TABLE_PRE check sits where the kernel computes ``childp`` (before
+  anything is changed).  ``leaves()``/``annotations()``/``table_pages()`` use
+  the same check.
+* ``zalloc_page(NULL)`` (``create_unlinked`` without a cache) returns NULL
+  without counting anything; ``map``/``set_owner`` test for a NULL cache
+  first, as the kernel does.
+* After ``destroy()`` the PGD is NULL, so walks return -EINVAL; operations
+  that do not walk the PGD behave as in the kernel (``flush`` with FWB
+  returns 0; ``create_unlinked``/``free_unlinked`` still work).  A second
+  ``destroy()`` WARNs in destroy_range and frees nothing.
+* A visitor's return value must fit a C ``int``.
 """
 from __future__ import annotations
 
@@ -1510,9 +1527,15 @@ class Stage2PageTable:
             yield from table(self.pgd + p * ptrs, p << span, self.start_level)
 
     def _dump(self, want_valid: bool) -> np.ndarray:
-        rows = [(ipa, lv, pte) for ipa, lv, pte, _ in self._entries()
-                if not kvm_pte_table(pte, lv) and kvm_pte_valid(pte) == want_valid]
-        return np.array(rows, dtype=LEAF_DTYPE)
+        ipas, levels, ptes = array("Q"), array("b"), array("Q")
+        for ipa, lv, pte, _ in self._entries():
+            if not kvm_pte_table(pte, lv) and kvm_pte_valid(pte) == want_valid:
+                ipas.append(ipa)
+                levels.append(lv)
+                ptes.append(pte)
+        out = np.empty(len(ipas), dtype=LEAF_DTYPE)
+        out["ipa"], out["level"], out["pte"] = ipas, levels, ptes
+        return out
 
     def leaves(self) -> np.ndarray:
         """Every valid leaf, in IPA order."""
@@ -1528,7 +1551,7 @@ class Stage2PageTable:
             return 0
         ptrs = self.mm_ops.ptrs_per_pte
         pages = {self.pgd // ptrs + p for p in range(self.pgd_pages)}
-        for ipa, lv, pte, ptep in self._entries():
+        for ipa, lv, pte, _ in self._entries():
             if kvm_pte_table(pte, lv):
                 pages.add(self.mm_ops.follow_table(pte, ipa, lv) // ptrs)
         return len(pages)

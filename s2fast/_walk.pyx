@@ -747,11 +747,11 @@ cdef int map_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     cdef u64 new
     if visit == F_TABLE_PRE:
         # stage2_map_walk_table_pre(): replace a table by a block if we can.
-        if not leaf_mapping_allowed(pt, ctx, data):
-            return 0
         child = follow(pt, ctx, ctx.old)
         if child < 0:
             return S2_ECORRUPT
+        if not leaf_mapping_allowed(pt, ctx, data):
+            return 0
         ret = map_try_leaf(pt, ctx, data)
         if ret:
             return ret

@@ -311,14 +311,18 @@ class Stage2PageTable:
                         force_pte: bool = False) -> tuple[int, Optional[int]]:
         """kvm_pgtable_stage2_create_unlinked(): (0, table PA) or (errno, None)."""
         phys = _u64("phys", phys)
-        level = _level(level)
-        if level > 2:
-            raise ValueError(f"level {level}: an unlinked table replaces an entry of level 0..2")
+        level = self._unlinked_level(level)
         return self._core.create_unlinked(phys, level, _prot(prot), _memcache(memcache), bool(force_pte))
 
     def free_unlinked(self, table_pa: int, level: int) -> None:
         """kvm_pgtable_stage2_free_unlinked()."""
-        self._core.free_unlinked(_u64("table_pa", table_pa), _level(level))
+        self._core.free_unlinked(_u64("table_pa", table_pa), self._unlinked_level(level))
+
+    def _unlinked_level(self, level: Any) -> int:
+        level = _level(level)
+        if self.geometry.level_shift(level) >= 64:
+            raise ValueError(f"level {level} has no granule with a {self.granule}-byte page size")
+        return level
 
     def destroy(self) -> None:
         """kvm_pgtable_stage2_destroy(): frees every table; later operations

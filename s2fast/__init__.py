@@ -3,13 +3,16 @@ walker (arch/arm64/kvm/hyp/pgtable.c)."""
 from ._walk import BuiltinVisitor, CollectVisitor, CountVisitor, MemCache, VisitCtx
 from .errors import CorruptTableError
 from .flags import (E2BIG, EAGAIN, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM, ERANGE,
-                    ERRNO_NAMES, RW, RWX, TLBI_TTL_UNKNOWN, Prot, WalkFlags)
+                    ERRNO_NAMES, RW, RWX, SKIP_CHILDREN, SKIP_SIBLINGS, TLBI_TTL_UNKNOWN, Prot,
+                    WalkFlags)
 from .pgtable import Geometry, Stage2PageTable, Stats, geometry, pte_prot
+from .variants import LeafRun, OutcomeDiff, Strategy, compare_outcomes
 
 __all__ = [
     "Stage2PageTable", "MemCache", "Stats", "Geometry", "geometry", "pte_prot",
     "WalkFlags", "Prot", "RW", "RWX", "VisitCtx", "BuiltinVisitor", "CountVisitor", "CollectVisitor",
-    "CorruptTableError", "TLBI_TTL_UNKNOWN", "ERRNO_NAMES",
+    "CorruptTableError", "Strategy", "compare_outcomes", "OutcomeDiff", "LeafRun",
+    "SKIP_CHILDREN", "SKIP_SIBLINGS", "TLBI_TTL_UNKNOWN", "ERRNO_NAMES",
     "EPERM", "ENOENT", "E2BIG", "EAGAIN", "ENOMEM", "EFAULT", "EBUSY", "EEXIST", "EINVAL", "ERANGE",
 ]
 __version__ = "0.1.0"

@@ -21,6 +21,20 @@ cdef enum:
     F_HANDLE_FAULT = 1 << 4
     F_SKIP_BBM_TLBI = 1 << 5
     F_SKIP_CMO = 1 << 6
+    # Walker variants from the 2026 SKIP RFC and its review (not upstream).
+    F_SKIP_LEVEL3 = 1 << 7
+    F_SKIP_LEVEL2 = 1 << 8
+    F_SKIP_LEVEL1 = 1 << 9
+    F_SKIP_NEW_TABLE = 1 << 10
+    F_SKIP_LEVEL0 = 1 << 11
+    F_PAGE = 1 << 12
+    F_BLOCK = 1 << 13
+
+# Visitor return hints (RFC patch 1): positive values made only of these bits
+# steer the walk and are never errors.
+cdef enum:
+    HINT_SKIP_CHILDREN = 1 << 28
+    HINT_SKIP_SIBLINGS = 1 << 29
 
 # Internal results that stop a walk and never reach the user as numbers: the
 # Python wrapper turns them into the stored exception. They lie below every
@@ -146,12 +160,19 @@ cdef struct Walker:
     leaf_run_fn run
     void *arg
     int flags
+    int max_level
+    # Filled by prepare_walker() from flags and max_level, indexed level + 1:
+    bint leaf_on[NLEVELS]       # LEAF visits of non-table entries happen here
+    bint pre_on[NLEVELS]        # TABLE_PRE visits happen here
+    bint post_on[NLEVELS]       # TABLE_POST visits happen here
+    bint enter[NLEVELS]         # a table entry at this level may be descended into
 
 cdef struct WalkData:
     Walker *walker
     u64 start
     u64 addr
     u64 end
+    bint skip_siblings
 
 cdef int kvm_pgtable_walk(PT *pt, u64 addr, u64 size, Walker *w) noexcept nogil
 cdef int walk_table(PT *pt, WalkData *d, u64 base, int level) noexcept nogil

@@ -347,12 +347,44 @@ cdef inline int visitor_cb(PT *pt, Walker *w, Ctx *ctx, int visit) noexcept nogi
     pt.c.cb_level[ctx.level + 1] += 1
     return w.cb(pt, ctx, visit)
 
+cdef inline bint is_hint(int r) noexcept nogil:
+    return r > 0 and (r & ~(HINT_SKIP_CHILDREN | HINT_SKIP_SIBLINGS)) == 0
+
+cdef void prepare_walker(Walker *w) noexcept nogil:
+    """The one place that decides which visits happen at each level and
+    whether the walker may enter a table: it enters only if some visit below
+    is possible under the flags and max level. Walks with only the kernel's
+    flags are left exactly as the kernel walks (every table entered)."""
+    cdef int lv, i
+    cdef int f = w.flags
+    cdef bint on, later = False
+    cdef bint prune = (f & (F_PAGE | F_BLOCK | F_SKIP_LEVEL0 | F_SKIP_LEVEL1 | F_SKIP_LEVEL2
+                            | F_SKIP_LEVEL3)) != 0 or w.max_level < LAST_LEVEL
+    for lv in range(LAST_LEVEL, -2, -1):
+        i = lv + 1
+        on = lv <= w.max_level and not (
+            (lv == 0 and f & F_SKIP_LEVEL0) or (lv == 1 and f & F_SKIP_LEVEL1)
+            or (lv == 2 and f & F_SKIP_LEVEL2) or (lv == 3 and f & F_SKIP_LEVEL3))
+        w.pre_on[i] = on and (f & F_TABLE_PRE) != 0
+        w.post_on[i] = on and (f & F_TABLE_POST) != 0
+        if lv == LAST_LEVEL:
+            w.leaf_on[i] = on and (f & (F_LEAF | F_PAGE)) != 0
+        else:
+            w.leaf_on[i] = on and (f & (F_LEAF | F_BLOCK)) != 0
+        # A table here has children at lv + 1: enter it if anything at a
+        # deeper level can still be visited.
+        w.enter[i] = (not prune) or (later and lv < w.max_level)
+        later = later or w.leaf_on[i] or (lv < LAST_LEVEL and (w.pre_on[i] or w.post_on[i]))
+
 cdef int visit_entry(PT *pt, WalkData *d, u64 ptep, int level) noexcept nogil:
+    # __kvm_pgtable_visit()
     cdef Walker *w = d.walker
     cdef Ctx ctx
     cdef int ret = 0
+    cdef int hint = 0
+    cdef int li = level + 1
     cdef bint reload = False
-    cdef bint table
+    cdef bint table, was_table
     cdef s64 child
     cdef u64 gs
     ctx.ptep = ptep
@@ -365,13 +397,17 @@ cdef int visit_entry(PT *pt, WalkData *d, u64 ptep, int level) noexcept nogil:
     ctx.flags = w.flags
     pt.c.visits += 1
     table = pte_table(ctx.old, level)
+    was_table = table
 
-    if table and (ctx.flags & F_TABLE_PRE):
+    if table and w.pre_on[li]:
         ret = visitor_cb(pt, w, &ctx, F_TABLE_PRE)
         reload = True
-    if (not table) and (ctx.flags & F_LEAF):
+    if (not table) and w.leaf_on[li]:
         ret = visitor_cb(pt, w, &ctx, F_LEAF)
         reload = True
+    if is_hint(ret):
+        hint = ret
+        ret = 0
 
     # Re-read after the callback so the walk descends into a table that the
     # callback just installed.
@@ -383,21 +419,29 @@ cdef int visit_entry(PT *pt, WalkData *d, u64 ptep, int level) noexcept nogil:
     if not walk_continue(w, ret):
         return ret
 
+    gs = granule_size(&pt.g, level)
     if not table:
-        gs = granule_size(&pt.g, level)
         d.addr = align_down(d.addr, gs) + gs
-        return 0
+    elif ((hint & HINT_SKIP_CHILDREN) or not w.enter[li]
+          or (not was_table and (ctx.flags & F_SKIP_NEW_TABLE))):
+        # Not entered: move past everything the table maps.
+        d.addr = align_down(d.addr, gs) + gs
+    else:
+        child = follow(pt, &ctx, ctx.old)
+        if child < 0:
+            return S2_ECORRUPT
+        ret = walk_table(pt, d, <u64>child, level + 1)
+        if not walk_continue(w, ret):
+            return ret
 
-    child = follow(pt, &ctx, ctx.old)
-    if child < 0:
-        return S2_ECORRUPT
-    ret = walk_table(pt, d, <u64>child, level + 1)
-    if not walk_continue(w, ret):
-        return ret
-
-    if ctx.flags & F_TABLE_POST:
+    if table and w.post_on[li]:
         ret = visitor_cb(pt, w, &ctx, F_TABLE_POST)
+        if is_hint(ret):
+            hint |= ret
+            ret = 0
 
+    if hint & HINT_SKIP_SIBLINGS:
+        d.skip_siblings = True
     if walk_continue(w, ret):
         return 0
     return ret
@@ -419,7 +463,7 @@ cdef int walk_last_level(PT *pt, WalkData *d, u64 base, u64 idx) noexcept nogil:
         return 0
     if left < n:
         n = left
-    if not (w.flags & F_LEAF):
+    if not w.leaf_on[LAST_LEVEL + 1]:
         pt.c.visits += n
         d.addr = addr + (n << shift)
         return 0
@@ -443,7 +487,7 @@ cdef int walk_last_level(PT *pt, WalkData *d, u64 base, u64 idx) noexcept nogil:
 
 cdef int walk_table(PT *pt, WalkData *d, u64 base, int level) noexcept nogil:
     # __kvm_pgtable_walk()
-    cdef u64 idx
+    cdef u64 idx, entry_addr, span
     cdef int ret = 0
     if level < -1 or level > LAST_LEVEL:
         warn(pt, W_WALK_LEVEL)
@@ -454,8 +498,16 @@ cdef int walk_table(PT *pt, WalkData *d, u64 base, int level) noexcept nogil:
     while idx < pt.g.ptrs:
         if d.addr >= d.end:
             break
+        entry_addr = d.addr
         ret = visit_entry(pt, d, base + idx, level)
         if ret:
+            break
+        if d.skip_siblings:
+            # The rest of this table is skipped: go to the end of its span.
+            d.skip_siblings = False
+            span = granule_size(&pt.g, level) << pt.g.table_shift
+            entry_addr = align_down(entry_addr, span) + span
+            d.addr = entry_addr if entry_addr < d.end else d.end
             break
         idx += 1
     return ret
@@ -474,6 +526,8 @@ cdef int kvm_pgtable_walk(PT *pt, u64 addr, u64 size, Walker *w) noexcept nogil:
     cdef u64 idx
     cdef int ret = 0
     d.walker = w
+    d.skip_siblings = False
+    prepare_walker(w)
     d.start = align_down(addr, psize)
     d.addr = d.start
     d.end = align_down(d.start + size + psize - 1, psize)
@@ -494,6 +548,8 @@ cdef int walk_unlinked(PT *pt, Walker *w, u64 base, int level, u64 end) noexcept
     # __kvm_pgtable_walk() over a detached table covering [0, end).
     cdef WalkData d
     d.walker = w
+    d.skip_siblings = False
+    prepare_walker(w)
     d.start = 0
     d.addr = 0
     d.end = end
@@ -664,6 +720,7 @@ cdef void free_unlinked(PT *pt, u64 base, int level) noexcept nogil:
     w.run = free_run
     w.arg = NULL
     w.flags = F_LEAF | F_TABLE_POST
+    w.max_level = LAST_LEVEL
     pt.c.unlinked_freed += 1
     if walk_unlinked(pt, &w, base, level + 1, granule_size(&pt.g, level)):
         warn(pt, W_FREE_UNLINKED_WALK)
@@ -786,6 +843,7 @@ cdef int map_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
     cdef u64 gs = (<u64>1) << pt.g.page_shift
     cdef Walker w
     w.flags = ctx.flags
+    w.max_level = LAST_LEVEL
     for i in range(n):
         ctx.ptep = ptep0 + i
         ctx.old = pt.pool.mem[ctx.ptep]
@@ -838,6 +896,7 @@ cdef int generic_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done, visitor_fn c
     cdef u64 gs = (<u64>1) << pt.g.page_shift
     cdef Walker w
     w.flags = ctx.flags
+    w.max_level = LAST_LEVEL
     for i in range(n):
         ctx.ptep = ptep0 + i
         ctx.old = pt.pool.mem[ctx.ptep]
@@ -994,6 +1053,7 @@ cdef s64 create_unlinked(PT *pt, u64 phys, int level, u64 prot, MC *mc, bint for
     w.run = map_run
     w.arg = &data
     w.flags = F_LEAF | F_SKIP_BBM_TLBI | F_SKIP_CMO
+    w.max_level = LAST_LEVEL
     ret = walk_unlinked(pt, &w, <u64>pgtable, level + 1, granule_size(&pt.g, level))
     if ret:
         free_unlinked(pt, <u64>pgtable, level)
@@ -1032,6 +1092,27 @@ cdef int split_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
         return -EAGAIN
     make_pte(pt, ctx, init_table_pte(pt, <u64>childp))
     return 0
+
+cdef int split_skip_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
+    """The split visitor of the RFC's first patch: returns SKIP_CHILDREN for a
+    table whose children are pages, and after building a full page-level
+    subtree, so the walk never re-reads what cannot hold a block."""
+    cdef MC *mc = <MC *>ctx.arg
+    cdef int ret, nr
+    cdef bint full
+    if visit == F_TABLE_PRE:
+        return HINT_SKIP_CHILDREN if ctx.level + 1 == LAST_LEVEL else 0
+    full = False
+    if ctx.level < LAST_LEVEL and pte_valid(ctx.old):
+        if ctx.level == 1:
+            nr = <int>pt.g.ptrs + 1
+        else:
+            nr = 1
+        full = ctx.level >= pt.g.min_block_level and mc.nobjs >= nr
+    ret = split_walker(pt, ctx, visit)
+    if ret == 0 and full:
+        return HINT_SKIP_CHILDREN
+    return ret
 
 cdef int noop_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
     # A visitor that returns 0 at the last level without looking.
@@ -1504,12 +1585,14 @@ cdef class Stage2Core:
 
     # -- walks ------------------------------------------------------------
 
-    def walk(self, u64 addr, u64 size, object visitor, int flags, object arg=None):
+    def walk(self, u64 addr, u64 size, object visitor, int flags, object arg=None, int max_level=3):
         cdef Walker w
         cdef int ret
         cdef _PyVisit pv = None
         cdef BuiltinVisitor bv
         w.flags = flags
+        w.max_level = max_level
+        w.max_level = LAST_LEVEL
         if isinstance(visitor, BuiltinVisitor):
             bv = <BuiltinVisitor>visitor
             bv._prepare()
@@ -1543,6 +1626,7 @@ cdef class Stage2Core:
         w.run = NULL
         w.arg = &data
         w.flags = F_LEAF
+        w.max_level = LAST_LEVEL
         self._enter()
         ret = kvm_pgtable_walk(&self.pt, align_down(addr, psize), psize, &w)
         self._leave(ret)
@@ -1550,7 +1634,8 @@ cdef class Stage2Core:
             return ret, None, None
         return 0, data.pte, data.level
 
-    def map(self, u64 addr, u64 size, u64 phys, u64 prot, object memcache, int flags):
+    def map(self, u64 addr, u64 size, u64 phys, u64 prot, object memcache, int flags,
+            bint force_pte=False):
         cdef MapData data
         cdef Walker w
         cdef int ret
@@ -1558,7 +1643,7 @@ cdef class Stage2Core:
         data.phys = align_down(phys, psize)
         data.owner_id = 0
         data.memcache = mc_ptr(memcache)
-        data.force_pte = False
+        data.force_pte = force_pte
         data.annotation = False
         ret = set_prot_attr(&self.pt, prot, &data.attr)
         if ret:
@@ -1567,6 +1652,7 @@ cdef class Stage2Core:
         w.run = map_run
         w.arg = &data
         w.flags = flags | F_TABLE_PRE | F_LEAF
+        w.max_level = LAST_LEVEL
         self._enter()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
@@ -1588,6 +1674,7 @@ cdef class Stage2Core:
         w.run = map_run
         w.arg = &data
         w.flags = F_TABLE_PRE | F_LEAF
+        w.max_level = LAST_LEVEL
         self._enter()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
@@ -1600,6 +1687,7 @@ cdef class Stage2Core:
         w.run = unmap_run
         w.arg = NULL
         w.flags = F_LEAF | F_TABLE_POST
+        w.max_level = LAST_LEVEL
         self._enter()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
@@ -1620,6 +1708,7 @@ cdef class Stage2Core:
         w.run = attr_run
         w.arg = data
         w.flags = flags | F_LEAF
+        w.max_level = LAST_LEVEL
         self._enter()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
@@ -1668,6 +1757,7 @@ cdef class Stage2Core:
         w.run = age_run
         w.arg = &data
         w.flags = F_LEAF
+        w.max_level = LAST_LEVEL
         self._enter()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
@@ -1685,18 +1775,23 @@ cdef class Stage2Core:
         w.run = flush_run
         w.arg = NULL
         w.flags = F_LEAF
+        w.max_level = LAST_LEVEL
         self._enter()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
         return self._leave(ret)
 
-    def split(self, u64 addr, u64 size, object memcache):
+    def split(self, u64 addr, u64 size, object memcache, int flags=F_LEAF, int max_level=3,
+              bint skip_return=False):
+        """kvm_pgtable_stage2_split(); flags, max_level and skip_return select
+        the walker variant (the kernel's is LEAF, 3, False)."""
         cdef Walker w
         cdef int ret
-        w.cb = split_walker
+        w.cb = split_skip_walker if skip_return else split_walker
         w.run = noop_run
         w.arg = mc_ptr(memcache)
-        w.flags = F_LEAF
+        w.flags = flags
+        w.max_level = max_level
         self._enter()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
@@ -1731,6 +1826,7 @@ cdef class Stage2Core:
         w.run = free_run
         w.arg = NULL
         w.flags = F_LEAF | F_TABLE_POST
+        w.max_level = LAST_LEVEL
         self._enter()
         with nogil:
             # kvm_pgtable_stage2_destroy_range() then _destroy_pgd()

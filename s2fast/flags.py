@@ -20,6 +20,18 @@ class WalkFlags(enum.IntFlag):
     SKIP_BBM_TLBI = 1 << 5
     SKIP_CMO = 1 << 6
 
+    # Walker variants proposed in the May 2026 RFC "KVM: arm64: Introduce S2
+    # walker SKIP return options" and its review; none is upstream.
+    # SKIP_LEVEL3..1 and SKIP_NEW_TABLE are the series' BIT(7)..BIT(10);
+    # SKIP_LEVEL0 (later revisions), PAGE and BLOCK (review) take free bits.
+    SKIP_LEVEL3 = 1 << 7
+    SKIP_LEVEL2 = 1 << 8
+    SKIP_LEVEL1 = 1 << 9
+    SKIP_NEW_TABLE = 1 << 10
+    SKIP_LEVEL0 = 1 << 11
+    PAGE = 1 << 12
+    BLOCK = 1 << 13
+
 
 class Prot(enum.IntFlag):
     """Permissions and attributes of a mapping (``KVM_PGTABLE_PROT_*``)."""
@@ -39,6 +51,17 @@ class Prot(enum.IntFlag):
     # Alias used by the kernel's name for the bit.
     NORMAL_NC = NC
 
+
+KERNEL_WALK_FLAGS = int(WalkFlags.LEAF | WalkFlags.TABLE_PRE | WalkFlags.TABLE_POST | WalkFlags.SHARED
+                        | WalkFlags.HANDLE_FAULT | WalkFlags.SKIP_BBM_TLBI | WalkFlags.SKIP_CMO)
+ALL_WALK_FLAGS = KERNEL_WALK_FLAGS | int(
+    WalkFlags.SKIP_LEVEL3 | WalkFlags.SKIP_LEVEL2 | WalkFlags.SKIP_LEVEL1 | WalkFlags.SKIP_LEVEL0
+    | WalkFlags.SKIP_NEW_TABLE | WalkFlags.PAGE | WalkFlags.BLOCK)
+
+# Visitor return hints (RFC patch 1). A positive result made only of these
+# bits steers the walk and is never an error; they may be OR-ed together.
+SKIP_CHILDREN = 1 << 28
+SKIP_SIBLINGS = 1 << 29
 
 RW = Prot.R | Prot.W
 RWX = Prot.R | Prot.W | Prot.X

@@ -10,13 +10,12 @@ import numpy as np
 from . import _walk
 from ._walk import BuiltinVisitor, MemCache
 from .errors import CorruptTableError
-from .flags import PROT_ALL, Prot, WalkFlags
+from .flags import ALL_WALK_FLAGS, PROT_ALL, Prot, WalkFlags
 
 GRANULES = (4096, 16384, 65536)
 PA_RANGE_BITS = 48
 U64_MAX = (1 << 64) - 1
-KNOWN_WALK_FLAGS = int(WalkFlags.LEAF | WalkFlags.TABLE_PRE | WalkFlags.TABLE_POST | WalkFlags.SHARED
-                       | WalkFlags.HANDLE_FAULT | WalkFlags.SKIP_BBM_TLBI | WalkFlags.SKIP_CMO)
+KNOWN_WALK_FLAGS = ALL_WALK_FLAGS
 
 # Virtual address space reserved per table for its descriptor pool: only the
 # pages actually used cost memory.
@@ -242,26 +241,39 @@ class Stage2PageTable:
     # -- the walker -----------------------------------------------------------
 
     def walk(self, ipa: int, size: int, visitor: Visitor, flags: int = WalkFlags.LEAF, *,
-             arg: Any = None) -> int:
+             arg: Any = None, max_level: int = 3) -> int:
         """kvm_pgtable_walk(): visit [ipa, ipa+size) with ``visitor``.
 
         ``visitor(ctx, visit)`` is called for each visited entry; ``visit`` is
         the int value of WalkFlags.LEAF / TABLE_PRE / TABLE_POST. It returns
         an int (or None for 0): non-zero stops the walk and is returned,
-        except -EAGAIN without HANDLE_FAULT. A BuiltinVisitor runs in C."""
+        except -EAGAIN without HANDLE_FAULT, and except the hints SKIP_CHILDREN /
+        SKIP_SIBLINGS. A BuiltinVisitor runs in C. ``max_level`` (a walker
+        variant, not in the kernel): no visit below it, its tables not entered."""
         ipa, size = _u64("ipa", ipa), _u64("size", size)
         flags = _flags(flags)
+        max_level = self._max_level(max_level)
         if not isinstance(visitor, BuiltinVisitor) and not callable(visitor):
             raise TypeError(f"visitor must be callable or an s2fast built-in visitor, not {visitor!r}")
-        return self._core.walk(ipa, size, visitor, flags, arg)
+        return self._core.walk(ipa, size, visitor, flags, arg, max_level)
+
+    def _max_level(self, v: Any) -> int:
+        v = _level(v)
+        if v < self.start_level:
+            raise ValueError(f"max_level {v} is above the start level {self.start_level}")
+        return v
 
     # -- stage-2 operations -----------------------------------------------------
 
     def map(self, ipa: int, size: int, phys: int, prot: int, *, memcache: Optional[MemCache] = None,
-            flags: int = 0) -> int:
-        """kvm_pgtable_stage2_map()."""
+            flags: int = 0, force_pte: bool = False) -> int:
+        """kvm_pgtable_stage2_map(). ``force_pte=True`` is what the kernel does
+        when the table's force_pte_cb() answers true for the range: pages only."""
         ipa, size, phys = _u64("ipa", ipa), _u64("size", size), _u64("phys", phys)
-        return self._core.map(ipa, size, phys, _prot(prot), _memcache(memcache), _flags(flags))
+        if not isinstance(force_pte, (bool, np.bool_)):
+            raise TypeError(f"force_pte must be a bool, not {type(force_pte).__name__} {force_pte!r}")
+        return self._core.map(ipa, size, phys, _prot(prot), _memcache(memcache), _flags(flags),
+                              bool(force_pte))
 
     def unmap(self, ipa: int, size: int) -> int:
         """kvm_pgtable_stage2_unmap()."""
@@ -290,10 +302,21 @@ class Stage2PageTable:
         when ret is non-zero."""
         return self._core.get_leaf(_u64("ipa", ipa))
 
-    def split(self, ipa: int, size: int, memcache: MemCache) -> int:
-        """kvm_pgtable_stage2_split()."""
+    def split(self, ipa: int, size: int, memcache: MemCache, *, strategy: Any = None,
+              flags: int = 0, max_level: Optional[int] = None) -> int:
+        """kvm_pgtable_stage2_split() under a walker ``strategy``
+        (s2fast.Strategy, default KERNEL: today's walk). ``flags`` are OR-ed
+        into the strategy's walk flags; ``max_level`` overrides its maximum level."""
+        from .variants import Strategy
+
         ipa, size = _u64("ipa", ipa), _u64("size", size)
-        return self._core.split(ipa, size, _memcache(memcache, allow_none=False))
+        mc = _memcache(memcache, allow_none=False)
+        strategy = Strategy.KERNEL if strategy is None else strategy
+        if not isinstance(strategy, Strategy):
+            raise TypeError(f"strategy must be an s2fast.Strategy, not {type(strategy).__name__} {strategy!r}")
+        walk_flags = strategy.flags | _flags(flags)
+        level = strategy.max_level if max_level is None else self._max_level(max_level)
+        return self._core.split(ipa, size, mc, walk_flags, level, strategy.skip_return)
 
     def flush(self, ipa: int, size: int) -> int:
         """kvm_pgtable_stage2_flush()."""

@@ -1592,7 +1592,6 @@ cdef class Stage2Core:
         cdef BuiltinVisitor bv
         w.flags = flags
         w.max_level = max_level
-        w.max_level = LAST_LEVEL
         if isinstance(visitor, BuiltinVisitor):
             bv = <BuiltinVisitor>visitor
             bv._prepare()

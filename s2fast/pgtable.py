@@ -104,12 +104,12 @@ def _memcache(v: Any, allow_none: bool = True) -> Optional[MemCache]:
     return v
 
 
-def _level(v: Any) -> int:
+def _level(v: Any, name: str = "level") -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"level must be an int, not {type(v).__name__} {v!r}")
+        raise TypeError(f"{name} must be an int, not {type(v).__name__} {v!r}")
     v = int(v)
     if not -1 <= v <= 3:
-        raise ValueError(f"level {v} is outside -1..3")
+        raise ValueError(f"{name} {v} is outside -1..3")
     return v
 
 
@@ -258,7 +258,7 @@ class Stage2PageTable:
         return self._core.walk(ipa, size, visitor, flags, arg, max_level)
 
     def _max_level(self, v: Any) -> int:
-        v = _level(v)
+        v = _level(v, "max_level")
         if v < self.start_level:
             raise ValueError(f"max_level {v} is above the start level {self.start_level}")
         return v

@@ -16,3 +16,8 @@ __all__ = [
     "EPERM", "ENOENT", "E2BIG", "EAGAIN", "ENOMEM", "EFAULT", "EBUSY", "EEXIST", "EINVAL", "ERANGE",
 ]
 __version__ = "0.1.0"
+from .vm import (PRESETS, VM, Backing, Comparison, Memslot, Preset, PresetResult, RunResult, TableDiff,
+                 Workload, compare, diff_tables, parse_size, run_preset)
+
+__all__ += ["VM", "Memslot", "Backing", "Workload", "RunResult", "Comparison", "TableDiff", "Preset",
+            "PresetResult", "PRESETS", "compare", "run_preset", "diff_tables", "parse_size"]

@@ -313,6 +313,8 @@ cdef s64 zalloc_page(PT *pt, MC *mc) noexcept nogil:
     for NULL. An empty cache refuses, or (on_empty="allocate") warns and
     allocates anyway, as kvm_mmu_memory_cache_alloc() does."""
     cdef s64 page
+    if mc == NULL:
+        return -1       # zalloc_page(NULL): no cache, no page
     if mc.nobjs <= 0:
         pt.c.mc_exhausted += 1
         if not mc.allocate_on_empty:
@@ -359,7 +361,7 @@ cdef void prepare_walker(Walker *w) noexcept nogil:
     cdef int f = w.flags
     cdef bint on, later = False
     cdef bint prune = (f & (F_PAGE | F_BLOCK | F_SKIP_LEVEL0 | F_SKIP_LEVEL1 | F_SKIP_LEVEL2
-                            | F_SKIP_LEVEL3)) != 0 or w.max_level < LAST_LEVEL
+                            | F_SKIP_LEVEL3 | F_SKIP_NEW_TABLE)) != 0 or w.max_level < LAST_LEVEL
     for lv in range(LAST_LEVEL, -2, -1):
         i = lv + 1
         on = lv <= w.max_level and not (
@@ -1396,7 +1398,7 @@ cdef class MemCache:
         if isinstance(pages, bool) or not isinstance(pages, int):
             raise TypeError(f"MemCache pages must be an int, not {type(pages).__name__} {pages!r}")
         if pages < 0 or pages > (1 << 62):
-            raise ValueError(f"MemCache pages must be >= 0, got {pages!r}")
+            raise ValueError(f"MemCache pages must be in 0..2**62, got {pages!r}")
         if on_empty not in ("fail", "allocate"):
             raise ValueError(f"on_empty must be 'fail' or 'allocate', got {on_empty!r}")
         self.mc.nobjs = pages
@@ -1412,8 +1414,10 @@ cdef class MemCache:
 
     def topup(self, pages):
         """Top the cache up to at least ``pages`` (kvm_mmu_topup_memory_cache)."""
-        if isinstance(pages, bool) or not isinstance(pages, int) or pages < 0:
-            raise ValueError(f"topup pages must be a non-negative int, got {pages!r}")
+        if isinstance(pages, bool) or not isinstance(pages, int):
+            raise TypeError(f"topup pages must be an int, not {type(pages).__name__} {pages!r}")
+        if pages < 0 or pages > (1 << 62):
+            raise ValueError(f"topup pages must be in 0..2**62, got {pages!r}")
         if self.mc.nobjs < pages:
             self.mc.nobjs = pages
 
@@ -1530,6 +1534,10 @@ cdef class Stage2Core:
     def pages_live(self):
         return self.pt.pool.live
 
+    @property
+    def n_pages(self):
+        return self.pt.pool.n_pages
+
     cdef u64 _pages_live(self):
         return self.pt.pool.live
 
@@ -1594,6 +1602,9 @@ cdef class Stage2Core:
         w.max_level = max_level
         if isinstance(visitor, BuiltinVisitor):
             bv = <BuiltinVisitor>visitor
+            if bv.cb == NULL:
+                raise TypeError(f"{type(visitor).__name__} is not a usable built-in visitor; "
+                                "use CountVisitor or CollectVisitor")
             bv._prepare()
             w.cb = bv.cb
             w.run = bv.run
@@ -1840,9 +1851,15 @@ cdef class Stage2Core:
 
     # -- whole-table views (no walker, no counters) -----------------------
 
+    cdef int _check_idle(self) except -1:
+        if self.busy:
+            raise RuntimeError("this page table is being walked; read it after the walk")
+        return 0
+
     def table_pages(self):
         """Pages reachable from the root, root pages included."""
         cdef u64 i, n = 0
+        self._check_idle()
         if not self.pt.has_pgd:
             return 0
         for i in range(self.pt.g.pgd_pages):
@@ -1869,6 +1886,7 @@ cdef class Stage2Core:
         cdef u64 i, n
         cdef int sl = self.pt.g.start_level
         cdef u64 span = granule_size(&self.pt.g, sl) << self.pt.g.table_shift
+        self._check_idle()
         memset(&data, 0, sizeof(CollectData))
         try:
             if self.pt.has_pgd:

@@ -125,6 +125,8 @@ class Stats:
         object.__setattr__(self, "_d", d)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
         try:
             return self._d[name]
         except KeyError:
@@ -162,8 +164,16 @@ class Stage2PageTable:
             raise TypeError(f"ia_bits must be an int, not {type(ia_bits).__name__} {ia_bits!r}")
         if not 32 <= int(ia_bits) <= PA_RANGE_BITS:
             raise ValueError(f"ia_bits {ia_bits!r} is outside 32..48")
+        if isinstance(granule, bool) or not isinstance(granule, (int, np.integer)):
+            raise TypeError(f"granule must be an int, not {type(granule).__name__} {granule!r}")
+        granule = int(granule)
         if granule not in GRANULES:
             raise ValueError(f"granule {granule!r} is not one of {GRANULES}")
+        if isinstance(reserve_bytes, bool) or not isinstance(reserve_bytes, (int, np.integer)):
+            raise TypeError(f"reserve_bytes must be an int, not {type(reserve_bytes).__name__} "
+                            f"{reserve_bytes!r}")
+        if not 1 << 20 <= int(reserve_bytes) <= 1 << 46:
+            raise ValueError(f"reserve_bytes {reserve_bytes!r} is outside 2**20..2**46")
         for name, v in (("fwb", fwb), ("xnx", xnx), ("tlb_range", tlb_range)):
             if not isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"{name} must be a bool, not {type(v).__name__} {v!r}")
@@ -236,6 +246,9 @@ class Stage2PageTable:
 
     def table_pa(self, page: int) -> int:
         """The simulated physical address of pool page ``page``."""
+        page = _u64("page", page)
+        if page >= self._core.n_pages:
+            raise ValueError(f"page {page} is not in the pool ({self._core.n_pages} pages)")
         return _walk.TABLE_PA_BASE + page * self.granule
 
     # -- the walker -----------------------------------------------------------
@@ -335,6 +348,8 @@ class Stage2PageTable:
         """kvm_pgtable_stage2_create_unlinked(): (0, table PA) or (errno, None)."""
         phys = _u64("phys", phys)
         level = self._unlinked_level(level)
+        if not isinstance(force_pte, (bool, np.bool_)):
+            raise TypeError(f"force_pte must be a bool, not {type(force_pte).__name__} {force_pte!r}")
         return self._core.create_unlinked(phys, level, _prot(prot), _memcache(memcache), bool(force_pte))
 
     def free_unlinked(self, table_pa: int, level: int) -> None:

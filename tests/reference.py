@@ -67,6 +67,22 @@ class WalkFlags(enum.IntFlag):
     HANDLE_FAULT = 1 << 4
     SKIP_BBM_TLBI = 1 << 5
     SKIP_CMO = 1 << 6
+    # Walker variants of the 2026 SKIP RFC and its review (not upstream).
+    SKIP_LEVEL3 = 1 << 7
+    SKIP_LEVEL2 = 1 << 8
+    SKIP_LEVEL1 = 1 << 9
+    SKIP_NEW_TABLE = 1 << 10
+    SKIP_LEVEL0 = 1 << 11
+    PAGE = 1 << 12
+    BLOCK = 1 << 13
+
+
+# Visitor return hints: positive results made only of these bits.
+SKIP_CHILDREN = 1 << 28
+SKIP_SIBLINGS = 1 << 29
+_HINTS = SKIP_CHILDREN | SKIP_SIBLINGS
+_SKIP_LEVEL = {0: 1 << 11, 1: 1 << 9, 2: 1 << 8, 3: 1 << 7}
+_VARIANT_FLAGS = 0x3F80
 
 
 class Prot(enum.IntFlag):
@@ -96,7 +112,7 @@ LOG_LIMIT = 64  # tlbi_log / cmo_log / warning_sites keep the first 64 entries
 
 _LEAF, _TABLE_PRE, _TABLE_POST = 1, 2, 4
 _SHARED, _HANDLE_FAULT, _SKIP_BBM_TLBI, _SKIP_CMO = 8, 16, 32, 64
-_ALL_WALK_FLAGS = 0x7F
+_ALL_WALK_FLAGS = 0x3FFF
 _ALL_PROT = int(Prot.X | Prot.W | Prot.R | Prot.DEVICE | Prot.NC
                 | Prot.SW0 | Prot.SW1 | Prot.SW2 | Prot.SW3)
 
@@ -444,19 +460,53 @@ class VisitCtx:
 class _Walker:
     """struct kvm_pgtable_walker"""
 
-    __slots__ = ("cb", "arg", "flags")
+    __slots__ = ("cb", "arg", "flags", "max_level", "_visits", "_enter")
 
-    def __init__(self, cb: Callable, arg: Any, flags: int):
-        self.cb, self.arg, self.flags = cb, arg, flags
+    def __init__(self, cb: Callable, arg: Any, flags: int, max_level: int = 3):
+        self.cb, self.arg, self.flags, self.max_level = cb, arg, flags, max_level
+        levels = range(KVM_PGTABLE_FIRST_LEVEL, KVM_PGTABLE_LAST_LEVEL + 2)
+        self._visits = {(lv, k): self._visits_at(lv, k) for lv in levels for k in (1, 2, 4)}
+        self._enter = {lv: self._may_enter(lv) for lv in levels}
+
+    def visits_at(self, level: int, kind: int) -> bool:
+        return self._visits[level, kind]
+
+    def may_enter(self, child_level: int) -> bool:
+        return self._enter[child_level]
+
+    # The variants' visit rules, straight from their definitions.
+    def _visits_at(self, level: int, kind: int) -> bool:
+        """Would a visit of this kind happen at this level?"""
+        if level > self.max_level or self.flags & _SKIP_LEVEL.get(level, 0):
+            return False
+        if kind == _LEAF:   # a non-table entry
+            want = _LEAF | (WalkFlags.PAGE if level == KVM_PGTABLE_LAST_LEVEL else WalkFlags.BLOCK)
+            return bool(self.flags & want)
+        return bool(self.flags & kind)
+
+    def _may_enter(self, child_level: int) -> bool:
+        """Enter a table whose entries are at child_level? Kernel-only flags
+        always do; with a variant in force, only if a visit is still possible
+        at child_level or below, and never below max_level."""
+        if not (self.flags & _VARIANT_FLAGS) and self.max_level >= KVM_PGTABLE_LAST_LEVEL:
+            return True
+        for lv in range(child_level, KVM_PGTABLE_LAST_LEVEL + 1):
+            if self._visits_at(lv, _LEAF):
+                return True
+            if lv < KVM_PGTABLE_LAST_LEVEL and (self._visits_at(lv, _TABLE_PRE)
+                                                or self._visits_at(lv, _TABLE_POST)):
+                return True
+        return False
 
 
 class _WalkData:
     """struct kvm_pgtable_walk_data"""
 
-    __slots__ = ("walker", "start", "addr", "end")
+    __slots__ = ("walker", "start", "addr", "end", "skip_siblings")
 
     def __init__(self, walker: _Walker, start: int, addr: int, end: int):
         self.walker, self.start, self.addr, self.end = walker, start, addr, end
+        self.skip_siblings = False
 
 
 def kvm_granule_shift(mm_ops: _MmOps, level: int) -> int:
@@ -517,15 +567,19 @@ def __kvm_pgtable_visit(data: _WalkData, mm_ops: _MmOps, ptep: int, level: int) 
     stats = mm_ops.stats
     stats.visits += 1
     ret = 0
+    hint = 0
     reload = False
     table = kvm_pte_table(ctx.old, level)
+    was_table = table
 
-    if table and flags & _TABLE_PRE:
+    if table and walker.visits_at(level, _TABLE_PRE):
         ret = kvm_pgtable_visitor_cb(data, ctx, _TABLE_PRE)
         reload = True
-    if not table and flags & _LEAF:
+    if not table and walker.visits_at(level, _LEAF):
         ret = kvm_pgtable_visitor_cb(data, ctx, _LEAF)
         reload = True
+    if ret > 0 and not ret & ~_HINTS:       # a hint, never an error
+        hint, ret = ret, 0
 
     # The callback may have installed or replaced a table: read the entry again.
     if reload:
@@ -534,14 +588,21 @@ def __kvm_pgtable_visit(data: _WalkData, mm_ops: _MmOps, ptep: int, level: int) 
         table = kvm_pte_table(ctx.old, level)
 
     if kvm_pgtable_walk_continue(walker, ret):
-        if not table:
-            size = kvm_granule_size(mm_ops, level)
+        size = kvm_granule_size(mm_ops, level)
+        skip = (hint & SKIP_CHILDREN or not walker.may_enter(level + 1)
+                or (not was_table and flags & WalkFlags.SKIP_NEW_TABLE))
+        if not table or skip:
             data.addr = (data.addr & ~(size - 1)) + size
         else:
             childp = mm_ops.follow_table(ctx.old, ctx.addr, level)
             ret = __kvm_pgtable_walk(data, mm_ops, childp, level + 1)
-            if kvm_pgtable_walk_continue(walker, ret) and flags & _TABLE_POST:
-                ret = kvm_pgtable_visitor_cb(data, ctx, _TABLE_POST)
+        if table and kvm_pgtable_walk_continue(walker, ret) \
+                and walker.visits_at(level, _TABLE_POST):
+            ret = kvm_pgtable_visitor_cb(data, ctx, _TABLE_POST)
+            if ret > 0 and not ret & ~_HINTS:
+                hint, ret = hint | ret, 0
+        if hint & SKIP_SIBLINGS:
+            data.skip_siblings = True
 
     return 0 if kvm_pgtable_walk_continue(walker, ret) else ret
 
@@ -556,8 +617,14 @@ def __kvm_pgtable_walk(data: _WalkData, mm_ops: _MmOps, pgtable: int, level: int
     while idx < ptrs:
         if data.addr >= data.end:
             break
+        entry_addr = data.addr
         ret = __kvm_pgtable_visit(data, mm_ops, pgtable + idx, level)
         if ret:
+            break
+        if data.skip_siblings:
+            data.skip_siblings = False
+            span = kvm_granule_size(mm_ops, level) * ptrs
+            data.addr = min((entry_addr // span + 1) * span, data.end)
             break
         idx += 1
     return ret
@@ -1237,9 +1304,33 @@ def stage2_split_walker(ctx: VisitCtx, visit: int) -> int:
     return 0
 
 
-def kvm_pgtable_stage2_split(pgt, addr, size, mc) -> int:
+def stage2_split_skip_walker(ctx: VisitCtx, visit: int) -> int:
+    """RFC patch 1's split visitor: hint SKIP_CHILDREN for a table of pages
+    and after a full page-level subtree was built."""
+    if visit == _TABLE_PRE:
+        return SKIP_CHILDREN if ctx.level + 1 == KVM_PGTABLE_LAST_LEVEL else 0
+    mc = ctx.arg.split_page_cache
+    full = (kvm_pte_valid(ctx.old) and ctx.mm_ops.min_block_level <= ctx.level < KVM_PGTABLE_LAST_LEVEL
+            and mc.nobjs >= (ctx.mm_ops.ptrs_per_pte + 1 if ctx.level == 1 else 1))
+    ret = stage2_split_walker(ctx, visit)
+    return SKIP_CHILDREN if ret == 0 and full else ret
+
+
+# name -> (walk flags, max level, visitor returns hints)
+SPLIT_STRATEGIES = {
+    "KERNEL": (_LEAF, 3, False),
+    "SKIP_RETURN": (_LEAF | _TABLE_PRE, 3, True),
+    "PAGE_BLOCK": (int(WalkFlags.BLOCK), 3, False),
+    "MAX_LEVEL": (_LEAF, 2, False),
+    "SKIP_LEVEL": (_LEAF | int(WalkFlags.SKIP_LEVEL3), 3, False),
+    "SKIP_LEVEL_NEW_TABLE": (_LEAF | int(WalkFlags.SKIP_LEVEL3 | WalkFlags.SKIP_NEW_TABLE), 3, False),
+}
+
+
+def kvm_pgtable_stage2_split(pgt, addr, size, mc, flags=_LEAF, max_level=3, skip_return=False) -> int:
     pgt.mmu.split_page_cache = mc
-    walker = _Walker(stage2_split_walker, pgt.mmu, _LEAF)
+    cb = stage2_split_skip_walker if skip_return else stage2_split_walker
+    walker = _Walker(cb, pgt.mmu, flags, max_level)
     return kvm_pgtable_walk(pgt, addr, size, walker)
 
 
@@ -1412,10 +1503,23 @@ class Stage2PageTable:
         ret, pte, level = kvm_pgtable_get_leaf(self, _as_u64("ipa", ipa))
         return (ret, None, None) if ret else (0, pte, level)
 
-    def split(self, ipa: int, size: int, memcache: MemCache) -> int:
+    def split(self, ipa: int, size: int, memcache: MemCache, *, strategy: Any = None, flags: int = 0,
+              max_level: int | None = None) -> int:
+        """``strategy``: a name from SPLIT_STRATEGIES or anything with ``.name``."""
         ipa, size = _as_u64("ipa", ipa), _as_u64("size", size)
         memcache = _as_memcache(memcache, allow_none=False)
-        return kvm_pgtable_stage2_split(self, ipa, size, memcache)
+        name = "KERNEL" if strategy is None else getattr(strategy, "name", strategy)
+        walk_flags, level, skip_return = SPLIT_STRATEGIES[name]
+        walk_flags |= _as_flags(flags)
+        if max_level is not None:
+            level = self._check_max_level(max_level)
+        return kvm_pgtable_stage2_split(self, ipa, size, memcache, walk_flags, level, skip_return)
+
+    def _check_max_level(self, v: Any) -> int:
+        v = _as_int("max_level", v)
+        if not self.start_level <= v <= KVM_PGTABLE_LAST_LEVEL:
+            raise ValueError(f"max_level {v!r} is outside {self.start_level}..3")
+        return v
 
     def flush(self, ipa: int, size: int) -> int:
         return kvm_pgtable_stage2_flush(self, _as_u64("ipa", ipa), _as_u64("size", size))
@@ -1455,8 +1559,10 @@ class Stage2PageTable:
     def destroy(self) -> None:
         kvm_pgtable_stage2_destroy(self)
 
-    def walk(self, ipa: int, size: int, visitor: Callable, flags: int, *, arg: Any = None) -> int:
+    def walk(self, ipa: int, size: int, visitor: Callable, flags: int, *, arg: Any = None,
+             max_level: int = 3) -> int:
         ipa, size, flags = _as_u64("ipa", ipa), _as_u64("size", size), _as_flags(flags)
+        max_level = self._check_max_level(max_level)
         if not callable(visitor):
             raise TypeError(f"visitor must be callable, got {visitor!r}")
 
@@ -1472,7 +1578,7 @@ class Stage2PageTable:
                 raise ValueError(f"visitor return value does not fit a C int: {r!r}")
             return r
 
-        return kvm_pgtable_walk(self, ipa, size, _Walker(cb, arg, flags))
+        return kvm_pgtable_walk(self, ipa, size, _Walker(cb, arg, flags, max_level))
 
     # -- counters ----------------------------------------------------------
     @property

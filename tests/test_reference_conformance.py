@@ -14,6 +14,8 @@ import reference
 # (granule, scenario) -> why it is slow for pure Python
 SLOW = {
     (65536, "split_l1_range_full"): "134M page-table visits, far too slow for pure Python",
+    (16384, "split_l1_range_full"): "8.4M visits: about a minute of pure Python",
+    (16384, "map_range_limit"): "4096 level-2 tables of 2048 blocks: one to two minutes of pure Python",
 }
 RUN_SLOW = os.environ.get("S2FAST_RUN_SLOW") == "1"
 

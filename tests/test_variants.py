@@ -585,3 +585,114 @@ def test_strategies_leave_the_same_table(case):
         ipa, level = model_leaves(state)
         assert results[strategy][0] == ret, strategy
         assert np.array_equal(got["ipa"], ipa) and np.array_equal(got["level"], level), strategy
+
+
+# -- the engine against the pure-Python reference, variants included ---------------
+
+import reference  # noqa: E402
+
+VARIANT_BITS = [F.LEAF, F.TABLE_PRE, F.TABLE_POST, F.HANDLE_FAULT, F.PAGE, F.BLOCK, F.SKIP_LEVEL0,
+                F.SKIP_LEVEL1, F.SKIP_LEVEL2, F.SKIP_LEVEL3, F.SKIP_NEW_TABLE]
+RESULTS = [0, 0, 0, SKIP_CHILDREN, SKIP_SIBLINGS, SKIP_CHILDREN | SKIP_SIBLINGS, -11, -22, 1]
+
+
+@st.composite
+def variant_case(draw):
+    granule = draw(st.sampled_from(GRANULES))
+    ia = draw(st.sampled_from({4096: [36, 40, 48], 16384: [40, 48], 65536: [44, 48]}[granule]))
+    probe = Stage2PageTable(ia, granule=granule)
+    g = probe.geometry
+    window = 4 * g.level_size(2)
+    # near 0, at the top of the IPA space, and across a top-level entry boundary
+    base = draw(st.sampled_from([0, (1 << ia) - window,
+                                 max(0, g.level_size(g.start_level) - window // 2)]))
+    maps = []
+    for _ in range(draw(st.integers(0, 5))):
+        kind = draw(st.sampled_from(["page", "block", "pages"]))
+        off = draw(st.integers(0, 3)) * g.level_size(2)
+        if kind == "block":
+            maps.append((base + off, g.level_size(2), False))
+        elif kind == "pages":
+            maps.append((base + off, g.level_size(2), True))
+        else:
+            maps.append((base + off + draw(st.integers(0, 7)) * granule, granule, False))
+    flags = 0
+    for b in draw(st.lists(st.sampled_from(VARIANT_BITS), max_size=5)):
+        flags |= int(b)
+    max_level = draw(st.integers(g.start_level, 3))
+    lo = base + draw(st.integers(0, 8)) * (window // 8)
+    size = draw(st.integers(0, 8)) * (window // 8) + draw(st.sampled_from([0, granule]))
+    results = draw(st.lists(st.sampled_from(RESULTS), min_size=1, max_size=12))
+    installs = draw(st.booleans())
+    return granule, ia, maps, flags, max_level, lo, size, results, installs
+
+
+def replay(impl_pt, maps, mc_cls):
+    for ipa, size, force in maps:
+        r = impl_pt.map(ipa, size, PHYS + ipa, int(s2fast.RW), memcache=mc_cls(64), force_pte=force) \
+            if force else impl_pt.map(ipa, size, PHYS + ipa, int(s2fast.RW), memcache=mc_cls(64))
+        assert r == 0
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(variant_case())
+def test_variant_walks_match_reference(case):
+    granule, ia, maps, flags, max_level, lo, size, results, installs = case
+    traces, rets, stats = [], [], []
+    for impl in (s2fast, reference):
+        pt = impl.Stage2PageTable(ia, granule=granule)
+        if impl is reference:
+            for ipa, sz, force in maps:
+                if force:   # the reference has no force_pte map: page by page
+                    for a in range(ipa, ipa + sz, granule):
+                        assert pt.map(a, granule, PHYS + a, int(s2fast.RW), memcache=impl.MemCache(64)) == 0
+                else:
+                    assert pt.map(ipa, sz, PHYS + ipa, int(s2fast.RW), memcache=impl.MemCache(64)) == 0
+        else:
+            replay(pt, maps, impl.MemCache)
+        pt.reset_stats()
+        trace = []
+
+        def visitor(ctx, visit, trace=trace):
+            n = len(trace)
+            trace.append((int(visit), ctx.level, ctx.addr, ctx.old))
+            # Clear a valid leaf now and then, as a visitor may.
+            if installs and visit == LEAF and ctx.old & 1 and n % 3 == 0:
+                ctx.set(0)
+            return results[n % len(results)]
+
+        rets.append(pt.walk(lo, size, visitor, flags, max_level=max_level))
+        traces.append(trace)
+        st_ = pt.stats.as_dict()
+        stats.append({k: st_[k] for k in ("visits", "reloads", "callbacks_leaf", "callbacks_table_pre",
+                                          "callbacks_table_post", "callbacks_level_3")})
+    assert traces[0] == traces[1]
+    assert rets[0] == rets[1]
+    assert stats[0] == stats[1]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(guest(), st.sampled_from(list(Strategy)))
+def test_split_strategies_match_reference(case, strategy):
+    ops, lo, size, mc = case
+    # Keep the pure-Python reference fast: one 1 GiB window, no 4 KiB runs.
+    ops = [o for o in ops if o[1] < GiB and not o[3]]
+    lo, size = min(lo, GiB), min(size, GiB)
+    out = []
+    for impl in (s2fast, reference):
+        pt = impl.Stage2PageTable(40)
+        for op, ipa, sz, _ in ops:
+            if op == "map":
+                assert pt.map(ipa, sz, PHYS + ipa, int(s2fast.RW), memcache=impl.MemCache(1 << 12)) == 0
+            else:
+                assert pt.split(ipa, sz, impl.MemCache(1 << 12)) == 0
+        pt.reset_stats()
+        cache = impl.MemCache(mc)
+        ret = pt.split(lo, size, cache, strategy=strategy)
+        s = pt.stats.as_dict()
+        s.pop("tlbi_log"), s.pop("cmo_log"), s.pop("warning_sites")
+        out.append((ret, cache.nobjs, s, np.asarray(pt.descriptors).copy()))
+    (r0, n0, s0, d0), (r1, n1, s1, d1) = out
+    assert (r0, n0) == (r1, n1)
+    assert {k: s0[k] for k in s1} == s1
+    assert np.array_equal(d0, d1)

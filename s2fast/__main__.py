@@ -1,0 +1,7 @@
+"""``python -m s2fast``: the s2fast command."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,423 @@
+"""The ``s2fast`` command.
+
+``s2fast compare`` runs a dirty-logging workload (or a preset that
+re-creates one of the RFC series' experiments) under every walker strategy
+and prints one table; ``s2fast presets`` lists the presets. Bad arguments
+get a one-line error and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Optional, Sequence, TextIO
+
+from . import __version__
+from .variants import Strategy
+from .vm import (PATTERNS, PRESETS, Comparison, PresetResult, Workload, compare, format_size, parse_size,
+                 run_preset)
+
+DEFAULTS = Workload()
+
+
+class UsageError(Exception):
+    """A bad command line: reported on one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+# ---------------------------------------------------------------------------
+# Argument parsing
+
+def _size_arg(name: str):
+    def parse(text: str) -> int:
+        try:
+            return parse_size(text)
+        except (TypeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f"{name}: {e}") from None
+    parse.__name__ = name
+    return parse
+
+
+def _sizes_arg(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(parse_size(part))
+        except (TypeError, ValueError) as e:
+            raise argparse.ArgumentTypeError(f"--plot-sizes: {e}") from None
+    return out
+
+
+def _count_arg(name: str, lo: int = 0):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a whole number") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{name}: {v} is less than {lo}")
+        return v
+    parse.__name__ = name
+    return parse
+
+
+def _strategies_arg(text: str) -> list[Strategy]:
+    if text.strip().lower() == "all":
+        return list(Strategy)
+    from .vm import _strategy
+    out = []
+    for part in text.split(","):
+        try:
+            out.append(_strategy(part))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"--strategies: {e}") from None
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="s2fast", description="A fast, exact simulator of the KVM arm64 stage-2 walker.")
+    p.add_argument("--version", action="version", version=f"s2fast {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    c = sub.add_parser("compare", help="run a dirty-logging workload under every walker strategy",
+                       description="Build a guest, enable dirty logging, run CLEAR_DIRTY_LOG passes with guest "
+                                   "writes between them, under each walker strategy; print one table.")
+    w = c.add_argument_group("workload")
+    w.add_argument("--guest-size", type=_size_arg("--guest-size"), default=None, metavar="SIZE",
+                   help=f"guest memory, e.g. 64G, 256G (default {format_size(DEFAULTS.guest_size)})")
+    w.add_argument("--backing", default=None, metavar="SPEC",
+                   help="1g (hugetlb), 2m (THP), 4k (already split) or mix:1g=P,2m=P,4k=P (default 1g)")
+    w.add_argument("--chunk", type=_size_arg("--chunk"), default=None, metavar="SIZE",
+                   help="eager-split chunk size: 0 (off), 4K, 2M or 1G (default 2M)")
+    w.add_argument("--passes", type=_count_arg("--passes"), default=None, metavar="N",
+                   help=f"CLEAR_DIRTY_LOG passes (default {DEFAULTS.passes})")
+    w.add_argument("--writes", type=_count_arg("--writes"), default=None, metavar="N",
+                   help=f"guest pages written between passes (default {DEFAULTS.writes})")
+    w.add_argument("--pattern", choices=PATTERNS, default=None,
+                   help=f"which pages the guest writes (default {DEFAULTS.pattern})")
+    w.add_argument("--seed", type=_count_arg("--seed"), default=None, metavar="N",
+                   help="seed for the mix and the access pattern (default 0)")
+    mode = w.add_mutually_exclusive_group()
+    mode.add_argument("--initially-set", dest="initially_set", action="store_true", default=None,
+                      help="manual protect with initially-all-set: CLEAR splits (default)")
+    mode.add_argument("--no-initially-set", dest="initially_set", action="store_false",
+                      help="enabling dirty logging write-protects and eagerly splits")
+    w.add_argument("--tlb-range", action="store_true", help="the CPU has range TLBIs")
+    w.add_argument("--fwb", action="store_true", help="the CPU has stage-2 FWB (no CMOs)")
+    w.add_argument("--preset", default=None, metavar="NAME",
+                   help="one of the series' experiments (see 's2fast presets'), or 'all'")
+    w.add_argument("--strategies", type=_strategies_arg, default=None, metavar="LIST",
+                   help="comma-separated strategies, or all (default); KERNEL always runs")
+    o = c.add_argument_group("output")
+    fmt = o.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    fmt.add_argument("--csv", action="store_true", help="print CSV instead of the table")
+    o.add_argument("--phases", action="store_true", help="also print the cost of each phase")
+    o.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="also draw entries read per strategy against guest size (needs matplotlib)")
+    o.add_argument("--plot-sizes", type=_sizes_arg, default=None, metavar="LIST",
+                   help="guest sizes for --plot, e.g. 16G,32G,64G (default: a quarter, half and all of "
+                        "--guest-size)")
+    bar = o.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="show a progress bar on stderr (default: when stderr is a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+
+    sub.add_parser("presets", help="list the presets that re-create the series' experiments")
+    return p
+
+
+# ---------------------------------------------------------------------------
+# Output
+
+def _fmt_int(v: int) -> str:
+    return f"{v:,}"
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+    """A plain-text table with a dashed rule under the header."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [c.rjust(wd) if r else c.ljust(wd) for c, wd, r in zip(cells, widths, right)]
+        return "  ".join(out).rstrip()
+
+    return "\n".join([line(headers), line(["-" * wd for wd in widths])] + [line(r) for r in rows])
+
+
+def comparison_table(cmp: Comparison) -> str:
+    headers = ["strategy", "entries read", "callbacks", "TLBIs", "CMOs", "pages alloc", "time (s)",
+               "speed-up", "final table vs KERNEL"]
+    rows = []
+    for r in cmp.rows():
+        rows.append([r["strategy"], _fmt_int(r["entries_read"]), _fmt_int(r["callbacks"]), _fmt_int(r["tlbis"]),
+                     _fmt_int(r["cmos"]), _fmt_int(r["pages_alloc"]), f"{r['wall_s']:.2f}",
+                     f"{r['speedup']:.2f}x", r["outcome"]])
+    return render_table(headers, rows, [False, True, True, True, True, True, True, True, False])
+
+
+def phase_table(cmp: Comparison) -> str:
+    headers = ["strategy", "phase", "entries read", "callbacks", "TLBIs", "CMOs", "pages alloc", "time (s)"]
+    rows = [[r["strategy"], r["phase"], _fmt_int(r["entries_read"]), _fmt_int(r["callbacks"]),
+             _fmt_int(r["tlbis"]), _fmt_int(r["cmos"]), _fmt_int(r["pages_alloc"]), f"{r['wall_s']:.2f}"]
+            for r in cmp.phase_rows()]
+    return render_table(headers, rows, [False, False, True, True, True, True, True, True])
+
+
+def preset_table(res: PresetResult) -> str:
+    headers = ["strategy", "enable: entries read", "reduction", "CLEAR: entries read", "reduction",
+               "final table vs KERNEL"]
+    rows = [[r["strategy"], _fmt_int(r["enable_entries_read"]), f"{r['enable_reduction_pct']:.1f}%",
+             _fmt_int(r["clear_entries_read"]), f"{r['clear_reduction_pct']:.1f}%", r["outcome"]]
+            for r in res.rows()]
+    return render_table(headers, rows, [False, True, True, True, True, False])
+
+
+FOOTNOTE = ("speed-up: KERNEL's entries read over the strategy's (the cost model); "
+            "time is the simulator's, build excluded.")
+
+
+def comparison_text(cmp: Comparison, phases: bool) -> str:
+    w = cmp.workload
+    names = ", ".join(p.name for p in next(iter(cmp.results.values())).phases)
+    out = [f"s2fast compare: {w.describe()}", f"phases: {names} (build excluded)", "",
+           comparison_table(cmp), "", FOOTNOTE]
+    if phases:
+        out += ["", phase_table(cmp)]
+    return "\n".join(out)
+
+
+def preset_text(res: PresetResult, phases: bool) -> str:
+    p = res.preset
+    cw = res.clear.workload
+    out = [f"s2fast compare --preset {p.name}: {p.description}",
+           "enable dirty tracking: not initially-all-set (write-protect + eager split of the slot)",
+           f"CLEAR_DIRTY_LOG: initially-all-set, {cw.passes} passes, {cw.writes} {cw.pattern} writes "
+           f"between passes",
+           "reduction: entries read, against KERNEL", "", preset_table(res)]
+    if phases:
+        out += ["", "enable dirty tracking:", phase_table(res.enable), "", "CLEAR_DIRTY_LOG:",
+                phase_table(res.clear)]
+    return "\n".join(out)
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return buf.getvalue().rstrip("\n")
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal stream, redrawn at most every
+    0.1 s; ``close()`` erases it."""
+
+    def __init__(self, stream: TextIO, width: int = 28) -> None:
+        self.stream = stream
+        self.width = width
+        self.last = 0.0
+        self.shown = 0
+        self.title = ""
+
+    def __call__(self, fraction: float, label: str) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.1 and fraction < 1.0:
+            return
+        self.last = now
+        fraction = min(max(fraction, 0.0), 1.0)
+        done = int(fraction * self.width)
+        text = f"[{'#' * done}{'-' * (self.width - done)}] {fraction * 100:3.0f}%  {self.title}{label}"
+        self.stream.write("\r" + text.ljust(self.shown))
+        self.stream.flush()
+        self.shown = len(text)
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\r" + " " * self.shown + "\r")
+            self.stream.flush()
+            self.shown = 0
+
+
+# ---------------------------------------------------------------------------
+# Commands
+
+def _workload(args: argparse.Namespace, guest_size: Optional[int] = None) -> Workload:
+    given = {k: getattr(args, k) for k in ("guest_size", "backing", "chunk", "passes", "writes", "pattern",
+                                           "seed", "initially_set") if getattr(args, k) is not None}
+    if guest_size is not None:
+        given["guest_size"] = guest_size
+    if args.tlb_range:
+        given["tlb_range"] = True
+    if args.fwb:
+        given["fwb"] = True
+    return Workload(**given)
+
+
+def _check_plot(args: argparse.Namespace) -> None:
+    if args.plot is None:
+        if args.plot_sizes is not None:
+            raise UsageError("--plot-sizes needs --plot FILE.png")
+        return
+    if args.preset is not None:
+        raise UsageError("--plot draws a workload against guest size; it cannot be combined with --preset")
+    folder = os.path.dirname(os.path.abspath(args.plot))
+    if not os.path.isdir(folder):
+        raise UsageError(f"--plot: folder {folder!r} does not exist")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 's2fast[plot]'") from None
+
+
+def draw_plot(path: str, runs: dict[int, Comparison]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted(runs)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    names = [r["strategy"] for r in runs[sizes[0]].rows()]
+    for name in names:
+        ys = [next(r["entries_read"] for r in runs[s].rows() if r["strategy"] == name) for s in sizes]
+        ax.plot([s / (1 << 30) for s in sizes], ys, marker="o", label=name)
+    w = runs[sizes[-1]].workload
+    ax.set_xlabel("guest size (GiB)")
+    ax.set_ylabel("entries read (all phases, build excluded)")
+    ax.set_title(f"backing {w.backing}, chunk {format_size(w.chunk) if w.chunk else 'off'}, "
+                 f"{w.passes} CLEAR passes, {'initially-all-set' if w.initially_set else 'eager enable'}",
+                 fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_presets(out: TextIO) -> int:
+    rows = [[name, format_size(p.guest_size), p.backing, format_size(p.chunk), str(p.passes), p.description]
+            for name, p in PRESETS.items()]
+    out.write(render_table(["preset", "memslot", "backing", "chunk", "passes", "description"], rows,
+                           [False, True, False, True, True, False]) + "\n")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    _check_plot(args)
+    strategies = args.strategies
+    if args.preset is not None:
+        if args.preset != "all" and args.preset not in PRESETS:
+            raise UsageError(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)} or all")
+        names = list(PRESETS) if args.preset == "all" else [args.preset]
+        for flag in ("guest_size", "backing", "initially_set"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag.replace('_', '-')} cannot be combined with --preset (the preset fixes it)")
+        if args.tlb_range or args.fwb:
+            raise UsageError("--tlb-range and --fwb cannot be combined with --preset")
+        overrides = {k: getattr(args, k) for k in ("chunk", "passes", "writes", "pattern", "seed")
+                     if getattr(args, k) is not None}
+        for name in names:   # check the overrides before the long run
+            _checked(PRESETS[name].clear_workload, **overrides)
+            _checked(PRESETS[name].enable_workload, **overrides)
+        bar = _progress(args, err)
+        results = []
+        try:
+            for i, name in enumerate(names):
+                if bar:
+                    bar.title = f"{name} "
+                results.append(run_preset(name, strategies, progress=(
+                    (lambda f, n, i=i: bar((i + f) / len(names), n)) if bar else None), **overrides))
+        finally:
+            if bar:
+                bar.close()
+        if args.json:
+            out.write(json.dumps([r.to_dict() for r in results] if args.preset == "all" else results[0].to_dict(),
+                                 indent=2) + "\n")
+        elif args.csv:
+            out.write(_csv([dict(preset=r.preset.name, **row) for r in results for row in r.rows()]) + "\n")
+        else:
+            out.write("\n\n".join(preset_text(r, args.phases) for r in results) + "\n")
+        return 0
+
+    workload = _checked(_workload, args)
+    sizes = [workload.guest_size]
+    if args.plot is not None:
+        sizes = args.plot_sizes or sorted({max(2 << 20, (workload.guest_size // k) >> 21 << 21) for k in (4, 2, 1)})
+        for s in sizes:   # check every size before the long run
+            _checked(workload.replace, guest_size=s)
+    bar = _progress(args, err)
+    runs: dict[int, Comparison] = {}
+    try:
+        order = sorted(set(sizes) | {workload.guest_size})
+        for i, s in enumerate(order):
+            w = workload.replace(guest_size=s)
+            if bar:
+                bar.title = f"{format_size(s)} " if len(order) > 1 else ""
+            runs[s] = compare(w, strategies, progress=(
+                (lambda f, n, i=i, k=len(order): bar((i + f) / k, n)) if bar else None))
+    finally:
+        if bar:
+            bar.close()
+    main_run = runs[workload.guest_size]
+    if args.plot is not None:
+        draw_plot(args.plot, {s: runs[s] for s in sizes})
+    if args.json:
+        d = main_run.to_dict()
+        if args.plot is not None:
+            d["plot"] = {"file": args.plot, "sizes": {str(s): runs[s].rows() for s in sizes}}
+        out.write(json.dumps(d, indent=2) + "\n")
+    elif args.csv:
+        rows = main_run.phase_rows() if args.phases else main_run.rows()
+        out.write(_csv(rows) + "\n")
+    else:
+        out.write(comparison_text(main_run, args.phases) + "\n")
+        if args.plot is not None:
+            out.write(f"\nplot: {args.plot} ({', '.join(format_size(s) for s in sizes)})\n")
+    return 0
+
+
+def _checked(fn: Any, *a: Any, **kw: Any) -> Any:
+    """Build a workload from the command line: the workload layer's
+    ValueError / TypeError (which name the bad value) become usage errors."""
+    try:
+        return fn(*a, **kw)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _progress(args: argparse.Namespace, err: TextIO) -> Optional[ProgressBar]:
+    on = args.progress if args.progress is not None else (hasattr(err, "isatty") and err.isatty())
+    return ProgressBar(err) if on else None
+
+
+def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
+         err: Optional[TextIO] = None) -> int:
+    """Entry point of the ``s2fast`` console script and ``python -m s2fast``."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:   # --help, --version
+            return int(e.code or 0)
+        if args.command is None:
+            raise UsageError("a command is required: compare or presets (see s2fast --help)")
+        if args.command == "presets":
+            return cmd_presets(out)
+        return cmd_compare(args, out, err)
+    except UsageError as e:
+        err.write(f"s2fast: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        err.write("s2fast: interrupted\n")
+        return 130

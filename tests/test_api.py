@@ -851,7 +851,9 @@ def _run_isolated(code: str) -> str:
     """Run code in a fresh interpreter (a crash must not take pytest down)."""
     root = pathlib.Path(s2fast.__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-c", "import s2fast\n" + code], env=env,
+    # cwd is the directory of the s2fast under test: "-c" puts the cwd first on
+    # sys.path, and a source checkout's s2fast/ has no compiled engine.
+    proc = subprocess.run([sys.executable, "-c", "import s2fast\n" + code], env=env, cwd=str(root),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"exit status {proc.returncode}: {proc.stderr[-500:]}"
     return proc.stdout.strip()

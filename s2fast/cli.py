@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import io
 import json
-import math
 import os
 import sys
 import time
@@ -41,7 +41,7 @@ def _size_arg(name: str):
         try:
             return parse_size(text)
         except (TypeError, ValueError) as e:
-            raise argparse.ArgumentTypeError(f"{name}: {e}") from None
+            raise argparse.ArgumentTypeError(str(e)) from None
     parse.__name__ = name
     return parse
 
@@ -52,7 +52,7 @@ def _sizes_arg(text: str) -> list[int]:
         try:
             out.append(parse_size(part))
         except (TypeError, ValueError) as e:
-            raise argparse.ArgumentTypeError(f"--plot-sizes: {e}") from None
+            raise argparse.ArgumentTypeError(str(e)) from None
     return out
 
 
@@ -61,9 +61,9 @@ def _count_arg(name: str, lo: int = 0):
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: {text!r} is not a whole number") from None
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if v < lo:
-            raise argparse.ArgumentTypeError(f"{name}: {v} is less than {lo}")
+            raise argparse.ArgumentTypeError(f"{v} is less than {lo}")
         return v
     parse.__name__ = name
     return parse
@@ -78,7 +78,7 @@ def _strategies_arg(text: str) -> list[Strategy]:
         try:
             out.append(_strategy(part))
         except ValueError as e:
-            raise argparse.ArgumentTypeError(f"--strategies: {e}") from None
+            raise argparse.ArgumentTypeError(str(e)) from None
     return out
 
 
@@ -273,10 +273,8 @@ def _check_plot(args: argparse.Namespace) -> None:
     folder = os.path.dirname(os.path.abspath(args.plot))
     if not os.path.isdir(folder):
         raise UsageError(f"--plot: folder {folder!r} does not exist")
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UsageError("--plot needs matplotlib: pip install 's2fast[plot]'") from None
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--plot needs matplotlib: pip install 's2fast[plot]'")
 
 
 def draw_plot(path: str, runs: dict[int, Comparison]) -> None:

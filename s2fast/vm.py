@@ -31,17 +31,16 @@ measured); the page table itself supports every granule.
 from __future__ import annotations
 
 import bisect
-import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
 from . import _walk
 from ._walk import CollectVisitor, MemCache
-from .flags import EAGAIN, ENOMEM, ERRNO_NAMES, RW, WalkFlags
+from .flags import EAGAIN, ENOMEM, RW, WalkFlags
 from .pgtable import DEFAULT_RESERVE, Stage2PageTable
 from .variants import Strategy, _unsplit
 
@@ -73,6 +72,8 @@ _TABLE_PA_BASE = _walk.TABLE_PA_BASE
 #: user_mem_abort() walks with these flags
 FAULT_FLAGS = int(WalkFlags.HANDLE_FAULT | WalkFlags.SHARED)
 _RW = int(RW)
+#: bitmap words a CLEAR handles per batch of Python work (16 GiB of guest)
+_CLEAR_SEGMENT = 1 << 16
 
 # Backing kinds, one per 2 MiB unit of a memslot.
 K4K, K2M, K1G = 0, 1, 2
@@ -610,30 +611,32 @@ class VM:
         wrprotect = self._core.wrprotect
         for s in slots:
             bm = s.dirty_bitmap
-            user = bm.copy() if bitmap is None else bitmap
-            cleared = user & bm             # what atomic_long_fetch_andnot() really cleared
-            bm &= ~user
-            idx = np.flatnonzero(cleared)
-            masks = cleared[idx].tolist()
-            offsets = (idx * BITS_PER_LONG + s.base_gfn).tolist()
             split = self.initially_set and self._chunk != 0
-            n = len(masks)
-            step = max(1, n // 64)
-            for i in range(n):
-                m = masks[i]
-                gfn = offsets[i]
-                start = (gfn + (m & -m).bit_length() - 1) << PAGE_SHIFT
-                end = (gfn + m.bit_length()) << PAGE_SHIFT
-                # kvm_arch_mmu_enable_log_dirty_pt_masked()
-                if (start ^ (end - 1)) >> 30:
-                    self._wp_range(start, end)
-                else:
-                    wrprotect(start, end - start)
-                    c["wp_calls"] += 1
-                if split:
-                    self._split_huge_pages(start, end)
-                if progress is not None and i % step == 0:
-                    progress(i / n)
+            n = 0
+            # Word by word as kvm_clear_dirty_log_protect() goes; a segment of
+            # the bitmap at a time, so that the Python lists stay small.
+            for lo in range(0, len(bm), _CLEAR_SEGMENT):
+                hi = min(lo + _CLEAR_SEGMENT, len(bm))
+                user = bm[lo:hi].copy() if bitmap is None else bitmap[lo:hi]
+                cleared = user & bm[lo:hi]      # what atomic_long_fetch_andnot() really cleared
+                bm[lo:hi] &= ~user
+                idx = np.flatnonzero(cleared)
+                masks = cleared[idx].tolist()
+                offsets = ((idx + lo) * BITS_PER_LONG + s.base_gfn).tolist()
+                for m, gfn in zip(masks, offsets):
+                    start = (gfn + (m & -m).bit_length() - 1) << PAGE_SHIFT
+                    end = (gfn + m.bit_length()) << PAGE_SHIFT
+                    # kvm_arch_mmu_enable_log_dirty_pt_masked()
+                    if (start ^ (end - 1)) >> 30:
+                        self._wp_range(start, end)
+                    else:
+                        wrprotect(start, end - start)
+                        c["wp_calls"] += 1
+                    if split:
+                        self._split_huge_pages(start, end)
+                n += len(masks)
+                if progress is not None:
+                    progress(hi / len(bm))
             c["mask_words"] += n
             c["clear_calls"] += 1
             if n:

@@ -1,0 +1,168 @@
+"""The s2fast command: tables, JSON/CSV, presets, plots and one-line usage
+errors with exit code 2."""
+import csv
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import s2fast
+from s2fast import Strategy
+from s2fast.cli import main
+
+SMALL = ["compare", "--guest-size", "2G", "--writes", "64", "--no-progress"]
+
+
+def run(argv):
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_compare_table_lists_every_strategy():
+    code, out, err = run(SMALL)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith("s2fast compare: 2 GiB guest at 0x40000000, backing 1g, eager-split chunk 2 MiB")
+    assert lines[1] == "phases: enable, clear 1, writes 2, clear 2 (build excluded)"
+    header = next(i for i, l in enumerate(lines) if l.startswith("strategy"))
+    for col in ("entries read", "callbacks", "TLBIs", "CMOs", "pages alloc", "time (s)", "speed-up",
+                "final table vs KERNEL"):
+        assert col in lines[header]
+    rows = lines[header + 2: header + 2 + len(Strategy)]
+    assert [r.split()[0] for r in rows] == [s.name for s in Strategy]
+    assert rows[0].split()[-2:] == ["1.00x", "identical"]
+    assert all(r.endswith("identical") for r in rows)
+
+
+def test_json_and_csv_carry_the_same_numbers():
+    code, out, _ = run(SMALL + ["--json", "--strategies", "skip_level"])
+    assert code == 0
+    d = json.loads(out)
+    assert list(d["strategies"]) == ["KERNEL", "SKIP_LEVEL"]
+    assert d["workload"]["guest_size"] == 2 << 30 and d["workload"]["initially_set"] is True
+    k = d["strategies"]["KERNEL"]
+    assert k["summary"]["entries_read"] == sum(p["summary"]["entries_read"] for p in k["phases"])
+    code, out, _ = run(SMALL + ["--csv", "--strategies", "skip_level"])
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["strategy"] for r in rows] == ["KERNEL", "SKIP_LEVEL"]
+    assert int(rows[0]["entries_read"]) == k["summary"]["entries_read"]
+    assert rows[1]["identical"] == "True"
+    code, out, _ = run(SMALL + ["--csv", "--phases", "--strategies", "KERNEL"])
+    assert [r["phase"] for r in csv.DictReader(io.StringIO(out))] == ["build", "enable", "clear 1", "writes 2",
+                                                                       "clear 2"]
+
+
+def test_phases_table():
+    code, out, _ = run(SMALL + ["--phases", "--strategies", "KERNEL"])
+    assert code == 0
+    assert any(l.split()[:2] == ["KERNEL", "build"] for l in out.splitlines())
+    assert sum(1 for l in out.splitlines() if l.startswith("KERNEL ")) == 1 + 5
+
+
+def test_unsplit_blocks_show_in_the_table():
+    code, out, _ = run(["compare", "--guest-size", "4G", "--no-initially-set", "--writes", "0", "--passes", "1",
+                        "--strategies", "SKIP_NEW_TABLE", "--no-progress"])
+    assert code == 0
+    row = next(l for l in out.splitlines() if l.startswith("SKIP_LEVEL_NEW_TABLE"))
+    assert row.endswith("differs: 4 x 2 MiB unsplit")
+
+
+def test_preset_shows_unsplit_blocks_and_reductions():
+    code, out, err = run(["compare", "--preset", "rfc-16g-hugetlb", "--strategies", "SNT", "--writes", "64",
+                          "--no-progress"])
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == ("s2fast compare --preset rfc-16g-hugetlb: 16 GiB memslot, 1 GiB blocks (hugetlb); "
+                        "eager-split chunk 2 MiB")
+    kernel = next(l for l in lines if l.startswith("KERNEL"))
+    snt = next(l for l in lines if l.startswith("SKIP_LEVEL_NEW_TABLE"))
+    assert kernel.split()[2] == "0.0%" and kernel.endswith("identical")
+    assert snt.endswith("enable: differs: 16 x 2 MiB unsplit")
+    assert float(snt.split()[2].rstrip("%")) > 40
+
+
+def test_presets_command_lists_them():
+    code, out, _ = run(["presets"])
+    assert code == 0
+    names = [l.split()[0] for l in out.splitlines()[2:]]
+    assert names == ["rfc-64g-4k", "rfc-64g-thp", "rfc-64g-hugetlb", "rfc-16g-4k", "rfc-16g-thp",
+                     "rfc-16g-hugetlb"]
+
+
+def test_progress_bar_is_drawn_and_erased():
+    out, err = io.StringIO(), io.StringIO()
+    assert main(SMALL[:-1] + ["--progress", "--strategies", "KERNEL"], out=out, err=err) == 0
+    text = err.getvalue()
+    assert text.startswith("\r[") and "%" in text and text.endswith("\r")
+    assert text.rstrip("\r").split("\r")[-1].strip() == ""
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["compare", "--guest-size", "12X"], "--guest-size: size '12X' is not a size"),
+    (["compare", "--chunk", "3M"], "eager-split chunk 3145728 is not 0 or a block size"),
+    (["compare", "--backing", "5g"], "backing '5g' is not 1g, 2m, 4k"),
+    (["compare", "--backing", "mix:1g=60,4k=60"], "backing percentages add up to 120"),
+    (["compare", "--strategies", "KERNEL,FAST"], "--strategies: strategy 'FAST' is not one of"),
+    (["compare", "--passes", "-1"], "--passes: -1 is less than 0"),
+    (["compare", "--writes", "lots"], "--writes: 'lots' is not a whole number"),
+    (["compare", "--guest-size", "2G", "--writes", "999999"], "writes 999999 is more than the guest's 524288 pages"),
+    (["compare", "--guest-size", "3M"], "guest size 3145728 is not a positive multiple of 2 MiB"),
+    (["compare", "--pattern", "zigzag"], "argument --pattern: invalid choice: 'zigzag'"),
+    (["compare", "--json", "--csv"], "not allowed with argument"),
+    (["compare", "--preset", "rfc-1t"], "--preset: 'rfc-1t' is not one of rfc-64g-4k"),
+    (["compare", "--preset", "rfc-16g-thp", "--guest-size", "2G"], "--guest-size cannot be combined with --preset"),
+    (["compare", "--preset", "rfc-16g-thp", "--plot", "x.png"], "cannot be combined with --preset"),
+    (["compare", "--plot-sizes", "1G,2G"], "--plot-sizes needs --plot"),
+    (["compare", "--plot", "/no/such/folder/x.png"], "folder '/no/such/folder' does not exist"),
+    (["compare", "--bogus"], "unrecognized arguments: --bogus"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ([], "a command is required"),
+])
+def test_bad_arguments_one_line_exit_2(argv, message):
+    code, out, err = run(argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("s2fast: error: ")
+    assert message in err
+
+
+def test_module_entry_point_exit_codes(tmp_path):
+    # the child imports the same s2fast as this process (installed, or the built tree)
+    where = str(pathlib.Path(s2fast.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=where + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    ROOT = tmp_path
+    bad = subprocess.run([sys.executable, "-m", "s2fast", "compare", "--chunk", "7X"], capture_output=True,
+                         text=True, cwd=ROOT, env=env)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.splitlines() == ["s2fast: error: argument --chunk: size '7X' is not a size like 64G, 2M, 4K "
+                                       "or a number of bytes"]
+    ok = subprocess.run([sys.executable, "-m", "s2fast", "presets"], capture_output=True, text=True, cwd=ROOT,
+                        env=env)
+    assert ok.returncode == 0 and "rfc-64g-hugetlb" in ok.stdout
+    ver = subprocess.run([sys.executable, "-m", "s2fast", "--version"], capture_output=True, text=True,
+                         cwd=ROOT, env=env)
+    assert ver.returncode == 0 and ver.stdout.startswith("s2fast ")
+
+
+def test_plot_draws_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "cost.png"
+    code, out, _ = run(["compare", "--guest-size", "1G", "--writes", "16", "--strategies", "SKIP_LEVEL",
+                        "--plot", str(png), "--plot-sizes", "256M,512M,1G", "--no-progress"])
+    assert code == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.rstrip().endswith(f"plot: {png} (256 MiB, 512 MiB, 1 GiB)")
+
+
+def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    code, out, err = run(SMALL + ["--plot", str(tmp_path / "x.png")])
+    assert code == 2 and out == ""
+    assert err == "s2fast: error: --plot needs matplotlib: pip install 's2fast[plot]'\n"

@@ -475,6 +475,8 @@ cdef int walk_last_level(PT *pt, WalkData *d, u64 base, u64 idx) noexcept nogil:
     ctx.end = d.end
     ctx.level = LAST_LEVEL
     ctx.flags = w.flags
+    # Built-in run functions never return hints (no table lives at the last
+    # level, and the built-in visitors hint only above it).
     ret = w.run(pt, &ctx, base + idx, n, &done)
     pt.c.visits += done
     pt.c.reloads += done
@@ -709,9 +711,7 @@ cdef int free_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
     cdef u64 *mem = pt.pool.mem
     for i in range(n):
         if mem[ptep0 + i] != 0:
-            if not put_page(pt, ptep0 + i):
-                done[0] = i + 1
-                return S2_ECORRUPT
+            put_page(pt, ptep0 + i)     # an underflow is recorded; the walk goes on
     done[0] = n
     return 0
 
@@ -1313,10 +1313,12 @@ cdef int py_call(_PyVisit pv, Ctx *ctx, int visit) noexcept:
 # Built-in visitor objects usable with walk()
 
 cdef class BuiltinVisitor:
-    """Base of the visitors that run in C with no Python call per entry."""
+    """Base of the visitors that run in C with no Python call per entry.
+    One instance serves one walk at a time (its results live in C)."""
     cdef visitor_fn cb
     cdef leaf_run_fn run
     cdef void *arg_ptr
+    cdef bint in_use
 
     cdef void _prepare(self):
         pass
@@ -1374,6 +1376,8 @@ cdef class CollectVisitor(BuiltinVisitor):
 
     def result(self):
         """The collected leaves as a structured array (ipa, level, pte)."""
+        if self.in_use:
+            raise RuntimeError("this CollectVisitor is in a walk")
         cdef u64 n = self.data.n
         out = np.empty(n, dtype=LEAF_DTYPE)
         if n:
@@ -1425,10 +1429,10 @@ cdef class MemCache:
         return f"MemCache(pages={self.mc.nobjs}, on_empty={self.on_empty!r})"
 
 
-cdef MC *mc_ptr(object mc):
+cdef MC *mc_ptr(object mc) except? NULL:
     if mc is None:
         return NULL
-    return &(<MemCache>mc).mc
+    return &(<MemCache?>mc).mc
 
 
 cdef class Stage2Core:
@@ -1448,6 +1452,11 @@ cdef class Stage2Core:
         cdef size_t size = reserve_bytes
         cdef u64 i
         cdef Geom *g = &self.pt.g
+        if self.pt.pool.mem != NULL:
+            raise RuntimeError("Stage2Core is already initialised")
+        if page_shift not in (12, 14, 16) or not 32 <= ia_bits <= 48 or not -1 <= start_level <= 3 \
+                or not 1 <= pgd_pages <= 16:
+            raise ValueError("inconsistent page-table geometry")
         self.corrupt_exc_type = corrupt_exc_type
         g.page_shift = page_shift
         g.table_shift = page_shift - 3
@@ -1522,6 +1531,7 @@ cdef class Stage2Core:
 
     @property
     def refcounts(self):
+        self._check_idle()
         cdef u64 n = self.pt.pool.n_pages
         out = np.zeros(n, dtype=np.int32)
         cdef int[::1] o = out
@@ -1598,6 +1608,8 @@ cdef class Stage2Core:
         cdef int ret
         cdef _PyVisit pv = None
         cdef BuiltinVisitor bv
+        if not -1 <= max_level <= LAST_LEVEL:
+            raise ValueError(f"max_level {max_level} is outside -1..3")
         w.flags = flags
         w.max_level = max_level
         if isinstance(visitor, BuiltinVisitor):
@@ -1605,13 +1617,17 @@ cdef class Stage2Core:
             if bv.cb == NULL:
                 raise TypeError(f"{type(visitor).__name__} is not a usable built-in visitor; "
                                 "use CountVisitor or CollectVisitor")
+            if bv.in_use:
+                raise RuntimeError(f"this {type(visitor).__name__} is already in a walk")
             bv._prepare()
             w.cb = bv.cb
             w.run = bv.run
             w.arg = bv.arg_ptr
             self._enter()
+            bv.in_use = True
             with nogil:
                 ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
+            bv.in_use = False
             return self._leave(ret)
         pv = _PyVisit()
         pv.fn = visitor
@@ -1797,6 +1813,10 @@ cdef class Stage2Core:
         the walker variant (the kernel's is LEAF, 3, False)."""
         cdef Walker w
         cdef int ret
+        if memcache is None:
+            raise TypeError("split needs a MemCache (the kernel's split_page_cache)")
+        if not -1 <= max_level <= LAST_LEVEL:
+            raise ValueError(f"max_level {max_level} is outside -1..3")
         w.cb = split_skip_walker if skip_return else split_walker
         w.run = noop_run
         w.arg = mc_ptr(memcache)
@@ -1811,6 +1831,8 @@ cdef class Stage2Core:
         cdef int err = 0
         cdef s64 base
         cdef MC *mc = mc_ptr(memcache)
+        if level < -1 or level > LAST_LEVEL:
+            raise ValueError(f"level {level} is outside -1..3")
         self._enter()
         with nogil:
             base = create_unlinked(&self.pt, phys, level, prot, mc, force_pte, &err)
@@ -1820,6 +1842,9 @@ cdef class Stage2Core:
         return 0, page_pa(&self.pt, <u64>base >> self.pt.g.table_shift)
 
     def free_unlinked(self, u64 table_pa, int level):
+        self._check_idle()
+        if level < -1 or level > LAST_LEVEL:
+            raise ValueError(f"level {level} is outside -1..3")
         cdef s64 page = page_of_pa(&self.pt, table_pa)
         if page < 0:
             raise ValueError(f"{table_pa:#x} is not a live table page of this page table")
@@ -1890,9 +1915,14 @@ cdef class Stage2Core:
         memset(&data, 0, sizeof(CollectData))
         try:
             if self.pt.has_pgd:
-                with nogil:
-                    for i in range(self.pt.g.pgd_pages):
-                        self._collect(&data, i << self.pt.g.table_shift, sl, i * span, valid)
+                # busy: no other thread may change the table while the GIL is released
+                self.busy = True
+                try:
+                    with nogil:
+                        for i in range(self.pt.g.pgd_pages):
+                            self._collect(&data, i << self.pt.g.table_shift, sl, i * span, valid)
+                finally:
+                    self.busy = False
             if data.failed:
                 raise MemoryError("out of memory collecting leaves")
             n = data.n

@@ -327,7 +327,14 @@ class Stage2PageTable:
         strategy = Strategy.KERNEL if strategy is None else strategy
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be an s2fast.Strategy, not {type(strategy).__name__} {strategy!r}")
-        walk_flags = strategy.flags | _flags(flags)
+        extra = _flags(flags)
+        # The kernel's split visitor treats every visit as a leaf: a table
+        # visit would be split as if the table page were a block.
+        table_visits = int(WalkFlags.TABLE_POST) | (0 if strategy.skip_return else int(WalkFlags.TABLE_PRE))
+        if extra & table_visits:
+            raise ValueError(f"split flags {extra:#x} ask for table visits, which {strategy.name}'s "
+                             "split visitor would treat as blocks")
+        walk_flags = strategy.flags | extra
         level = strategy.max_level if max_level is None else self._max_level(max_level)
         return self._core.split(ipa, size, mc, walk_flags, level, strategy.skip_return)
 

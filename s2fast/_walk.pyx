@@ -1399,8 +1399,9 @@ cdef class MemCache:
     cdef MC mc
 
     def __init__(self, pages=0, on_empty="fail"):
-        if isinstance(pages, bool) or not isinstance(pages, int):
+        if isinstance(pages, (bool, np.bool_)) or not isinstance(pages, (int, np.integer)):
             raise TypeError(f"MemCache pages must be an int, not {type(pages).__name__} {pages!r}")
+        pages = int(pages)
         if pages < 0 or pages > (1 << 62):
             raise ValueError(f"MemCache pages must be in 0..2**62, got {pages!r}")
         if on_empty not in ("fail", "allocate"):
@@ -1418,8 +1419,9 @@ cdef class MemCache:
 
     def topup(self, pages):
         """Top the cache up to at least ``pages`` (kvm_mmu_topup_memory_cache)."""
-        if isinstance(pages, bool) or not isinstance(pages, int):
+        if isinstance(pages, (bool, np.bool_)) or not isinstance(pages, (int, np.integer)):
             raise TypeError(f"topup pages must be an int, not {type(pages).__name__} {pages!r}")
+        pages = int(pages)
         if pages < 0 or pages > (1 << 62):
             raise ValueError(f"topup pages must be in 0..2**62, got {pages!r}")
         if self.mc.nobjs < pages:

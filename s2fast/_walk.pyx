@@ -1884,16 +1884,24 @@ cdef class Stage2Core:
         return 0
 
     def table_pages(self):
-        """Pages reachable from the root, root pages included."""
+        """Distinct pages reachable from the root, root pages included."""
         cdef u64 i, n = 0
+        cdef unsigned char[::1] seen
         self._check_idle()
         if not self.pt.has_pgd:
             return 0
+        seen = np.zeros(self.pt.pool.n_pages, dtype=np.uint8)
         for i in range(self.pt.g.pgd_pages):
-            n += 1 + self._count_tables(i << self.pt.g.table_shift, self.pt.g.start_level)
+            if not seen[i]:
+                seen[i] = 1
+                n += 1
+        for i in range(self.pt.g.pgd_pages):
+            n += self._count_tables(i << self.pt.g.table_shift, self.pt.g.start_level, seen)
         return n
 
-    cdef u64 _count_tables(self, u64 base, int level):
+    cdef u64 _count_tables(self, u64 base, int level, unsigned char[::1] seen):
+        # A page reachable through several descriptors (a visitor may alias
+        # tables) is counted once and walked once.
         cdef u64 i, n = 0, pte
         cdef s64 page
         if level >= LAST_LEVEL:
@@ -1902,8 +1910,9 @@ cdef class Stage2Core:
             pte = self.pt.pool.mem[base + i]
             if pte_table(pte, level):
                 page = page_of_pa(&self.pt, pte_to_phys(&self.pt.g, pte))
-                if page >= 0:
-                    n += 1 + self._count_tables(<u64>page << self.pt.g.table_shift, level + 1)
+                if page >= 0 and not seen[page]:
+                    seen[page] = 1
+                    n += 1 + self._count_tables(<u64>page << self.pt.g.table_shift, level + 1, seen)
         return n
 
     def entries(self, bint valid):

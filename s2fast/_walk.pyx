@@ -277,6 +277,18 @@ cdef inline bint put_page(PT *pt, u64 ptep) noexcept nogil:
         release_page(pt, page)
     return True
 
+cdef inline bint put_entry(PT *pt, Ctx *ctx, u64 ptep) noexcept nogil:
+    """put_page() of the reference an entry holds on its table page. In a
+    consistent table this never frees the page (the table's own reference
+    stays), so going below 1 means a visitor wrote a descriptor without its
+    reference: recorded as corruption, and the page is left alone."""
+    cdef u64 page = ptep >> pt.g.table_shift
+    if pt.pool.refcnt[page] <= 1:
+        set_error(pt, ERR_CORRUPT, ctx.addr, ctx.level, ctx.old)
+        return False
+    pt.pool.refcnt[page] -= 1
+    return True
+
 cdef inline int page_count(PT *pt, u64 ptep) noexcept nogil:
     return pt.pool.refcnt[ptep >> pt.g.table_shift]
 
@@ -669,7 +681,7 @@ cdef bint try_break_pte(PT *pt, Ctx *ctx) noexcept nogil:
         elif pte_valid(ctx.old):
             tlbi_vmid_ipa(pt, ctx.addr, ctx.level)
     if pte_is_counted(ctx.old):
-        put_page(pt, ctx.ptep)
+        put_entry(pt, ctx, ctx.ptep)
     return True
 
 cdef inline void make_pte(PT *pt, Ctx *ctx, u64 new) noexcept nogil:
@@ -691,15 +703,14 @@ cdef int free_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     if not pte_is_counted(ctx.old):
         return 0
     if visit == F_LEAF:
-        put_page(pt, ctx.ptep)
-        return 0
+        return 0 if put_entry(pt, ctx, ctx.ptep) else S2_ECORRUPT
     if visit == F_TABLE_POST:
         child = follow(pt, ctx, ctx.old)
         if child < 0:
             return S2_ECORRUPT
         if page_count(pt, <u64>child) != 1:
             return 0
-        put_page(pt, ctx.ptep)
+        put_entry(pt, ctx, ctx.ptep)
         put_page(pt, <u64>child)
         pt.pool.mem[ctx.ptep] = 0
         return 0
@@ -709,9 +720,16 @@ cdef int free_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
     # Last-level entries of a table being freed: one put_page per counted one.
     cdef u64 i
     cdef u64 *mem = pt.pool.mem
+    cdef u64 gs = (<u64>1) << pt.g.page_shift
+    cdef u64 addr0 = align_down(ctx.addr, gs)
     for i in range(n):
         if mem[ptep0 + i] != 0:
-            put_page(pt, ptep0 + i)     # an underflow is recorded; the walk goes on
+            ctx.ptep = ptep0 + i
+            ctx.old = mem[ptep0 + i]
+            ctx.addr = addr0 + i * gs
+            if not put_entry(pt, ctx, ptep0 + i):
+                done[0] = i + 1
+                return S2_ECORRUPT
     done[0] = n
     return 0
 
@@ -784,7 +802,7 @@ cdef int map_try_leaf(PT *pt, Ctx *ctx, MapData *data) noexcept nogil:
         old_counted = pte_is_counted(ctx.old)
         if old_counted != pte_is_counted(new):
             if old_counted:
-                put_page(pt, ctx.ptep)
+                put_entry(pt, ctx, ctx.ptep)
             else:
                 get_page(pt, ctx.ptep)
         if not try_set_pte(pt, ctx, new):
@@ -869,7 +887,7 @@ cdef int unmap_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     if not pte_valid(ctx.old):
         if pte_is_counted(ctx.old):
             pt.pool.mem[ctx.ptep] = 0
-            put_page(pt, ctx.ptep)
+            put_entry(pt, ctx, ctx.ptep)
         return 0
     if pte_table(ctx.old, ctx.level):
         child = follow(pt, ctx, ctx.old)
@@ -885,7 +903,7 @@ cdef int unmap_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
         tlbi_vmid_ipa(pt, ctx.addr, TTL_UNKNOWN)
     elif not unmap_defer_tlb_flush(pt):
         tlbi_vmid_ipa(pt, ctx.addr, ctx.level)
-    put_page(pt, ctx.ptep)
+    put_entry(pt, ctx, ctx.ptep)
     if need_flush:
         dcache_clean_inval_poc(pt, pte_to_phys(&pt.g, ctx.old), granule_size(&pt.g, ctx.level))
     if child >= 0:
@@ -1336,6 +1354,8 @@ cdef class CountVisitor(BuiltinVisitor):
         memset(&self.data, 0, sizeof(CountData))
 
     def reset(self):
+        if self.in_use:
+            raise RuntimeError("this CountVisitor is in a walk")
         memset(&self.data, 0, sizeof(CountData))
 
     @property
@@ -1378,13 +1398,24 @@ cdef class CollectVisitor(BuiltinVisitor):
         """The collected leaves as a structured array (ipa, level, pte)."""
         if self.in_use:
             raise RuntimeError("this CollectVisitor is in a walk")
-        cdef u64 n = self.data.n
-        out = np.empty(n, dtype=LEAF_DTYPE)
-        if n:
-            out["ipa"] = np.asarray(<u64[:n]>self.data.ipa)
-            out["level"] = np.asarray(<signed char[:n]>self.data.level)
-            out["pte"] = np.asarray(<u64[:n]>self.data.pte)
-        return out
+        # Held while copying: numpy may release the GIL, and a walk in another
+        # thread must not realloc the buffers meanwhile.
+        self.in_use = True
+        try:
+            n = self.data.n
+            out = np.empty(n, dtype=LEAF_DTYPE)
+            if n:
+                out["ipa"] = np.asarray(<u64[:self.data.n]>self.data.ipa)
+                out["level"] = np.asarray(<signed char[:self.data.n]>self.data.level)
+                out["pte"] = np.asarray(<u64[:self.data.n]>self.data.pte)
+            return out
+        finally:
+            self.in_use = False
+
+    def reset(self):
+        if self.in_use:
+            raise RuntimeError("this CollectVisitor is in a walk")
+        self.data.n = 0
 
 
 # ---------------------------------------------------------------------------

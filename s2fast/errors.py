@@ -4,7 +4,8 @@ from __future__ import annotations
 
 class CorruptTableError(Exception):
     """A table descriptor points outside the descriptor pool or at a freed
-    page (or a refcount would go negative): the walker refused to follow it.
+    page, or an entry was written without the reference it holds on its table
+    page (so removing it would free a live table): the walker refused.
 
     ``ipa`` and ``level`` locate the entry, ``desc`` is the descriptor."""
 
@@ -13,5 +14,5 @@ class CorruptTableError(Exception):
         self.level = level
         self.desc = desc
         super().__init__(
-            f"corrupt table descriptor {desc:#x} at IPA {ipa:#x}, level {level}: "
-            "it does not point at a live page of this table's pool")
+            f"corrupt table at IPA {ipa:#x}, level {level}, descriptor {desc:#x}: it points "
+            "outside the pool or at a freed page, or was written without its page reference")

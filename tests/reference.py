@@ -362,6 +362,16 @@ class _MmOps:
             self.live -= 1
             self.stats.pages_free += 1
 
+    def put_entry(self, p: int, ctx: "VisitCtx") -> None:
+        """put_page() for the reference an entry holds on its table page. In a
+        consistent table that never frees the page (the table's own reference
+        stays): below 1 means a descriptor was written without its reference."""
+        page = p // self.ptrs_per_pte
+        if self.refs[page] <= 1:
+            raise CorruptTableError(ctx.addr, ctx.level, ctx.old,
+                                    f"entry reference dropped below the table's own on page {page}")
+        self.refs[page] -= 1
+
     def page_count(self, p: int) -> int:
         return self.refs[p // self.ptrs_per_pte]
 
@@ -902,7 +912,7 @@ def stage2_try_break_pte(ctx: VisitCtx, mmu: _S2Mmu) -> bool:
         elif kvm_pte_valid(ctx.old):
             hyp_tlb_flush_vmid_ipa(mmu, ctx.addr, ctx.level)
     if stage2_pte_is_counted(ctx.old):
-        mm_ops.put_page(ctx.ptep, ctx)
+        mm_ops.put_entry(ctx.ptep, ctx)
     return True
 
 
@@ -970,7 +980,7 @@ def stage2_map_walker_try_leaf(ctx: VisitCtx, data: _Stage2MapData) -> int:
         old_is_counted = stage2_pte_is_counted(ctx.old)
         if old_is_counted != stage2_pte_is_counted(new):
             if old_is_counted:
-                mm_ops.put_page(ctx.ptep, ctx)
+                mm_ops.put_entry(ctx.ptep, ctx)
             else:
                 mm_ops.get_page(ctx.ptep)
         if not stage2_try_set_pte(ctx, new):
@@ -1070,7 +1080,7 @@ def stage2_unmap_put_pte(ctx: VisitCtx, mmu: _S2Mmu, mm_ops: _MmOps) -> None:
             hyp_tlb_flush_vmid_ipa(mmu, ctx.addr, TLBI_TTL_UNKNOWN)
         elif not stage2_unmap_defer_tlb_flush(pgt):
             hyp_tlb_flush_vmid_ipa(mmu, ctx.addr, ctx.level)
-    mm_ops.put_page(ctx.ptep, ctx)
+    mm_ops.put_entry(ctx.ptep, ctx)
 
 
 def stage2_unmap_walker(ctx: VisitCtx, visit: int) -> int:
@@ -1083,7 +1093,7 @@ def stage2_unmap_walker(ctx: VisitCtx, visit: int) -> int:
     if not kvm_pte_valid(ctx.old):
         if stage2_pte_is_counted(ctx.old):      # drop an annotation
             mm_ops.mem[ctx.ptep] = 0
-            mm_ops.put_page(ctx.ptep, ctx)
+            mm_ops.put_entry(ctx.ptep, ctx)
         return 0
 
     if kvm_pte_table(ctx.old, ctx.level):
@@ -1338,7 +1348,7 @@ def kvm_pgtable_stage2_split(pgt, addr, size, mc, flags=_LEAF, max_level=3, skip
 
 
 def stage2_free_leaf(ctx: VisitCtx) -> int:
-    ctx.mm_ops.put_page(ctx.ptep, ctx)
+    ctx.mm_ops.put_entry(ctx.ptep, ctx)
     return 0
 
 
@@ -1348,7 +1358,7 @@ def stage2_free_table_post(ctx: VisitCtx) -> int:
     if mm_ops.page_count(childp) != 1:
         return 0
     # Drop both references and clear the entry so nothing walks the freed page.
-    mm_ops.put_page(ctx.ptep, ctx)
+    mm_ops.put_entry(ctx.ptep, ctx)
     mm_ops.put_page(childp, ctx)
     mm_ops.mem[ctx.ptep] = 0
     return 0

@@ -1921,29 +1921,34 @@ cdef class Stage2Core:
         self._check_idle()
         if not self.pt.has_pgd:
             return 0
+        # seen[page]: bit 7 once counted; bit level+1 once walked at that
+        # level (a visitor may alias a page at several levels).
         seen = np.zeros(self.pt.pool.n_pages, dtype=np.uint8)
         for i in range(self.pt.g.pgd_pages):
-            if not seen[i]:
-                seen[i] = 1
-                n += 1
+            seen[i] |= 0x80 | (1 << (self.pt.g.start_level + 1))
+            n += 1
         for i in range(self.pt.g.pgd_pages):
             n += self._count_tables(i << self.pt.g.table_shift, self.pt.g.start_level, seen)
         return n
 
     cdef u64 _count_tables(self, u64 base, int level, unsigned char[::1] seen):
-        # A page reachable through several descriptors (a visitor may alias
-        # tables) is counted once and walked once.
         cdef u64 i, n = 0, pte
         cdef s64 page
+        cdef unsigned char bit = 1 << (level + 2)
         if level >= LAST_LEVEL:
             return 0
         for i in range(self.pt.g.ptrs):
             pte = self.pt.pool.mem[base + i]
             if pte_table(pte, level):
                 page = page_of_pa(&self.pt, pte_to_phys(&self.pt.g, pte))
-                if page >= 0 and not seen[page]:
-                    seen[page] = 1
-                    n += 1 + self._count_tables(<u64>page << self.pt.g.table_shift, level + 1, seen)
+                if page < 0:
+                    continue
+                if not (seen[page] & 0x80):
+                    seen[page] |= 0x80
+                    n += 1
+                if not (seen[page] & bit):
+                    seen[page] |= bit
+                    n += self._count_tables(<u64>page << self.pt.g.table_shift, level + 1, seen)
         return n
 
     def entries(self, bint valid):

@@ -390,6 +390,17 @@ cdef void prepare_walker(Walker *w) noexcept nogil:
         w.enter[i] = (not prune) or (later and lv < w.max_level)
         later = later or w.leaf_on[i] or (lv < LAST_LEVEL and (w.pre_on[i] or w.post_on[i]))
 
+cdef inline bint should_enter(const Walker *w, int level, bint was_table, int hint) noexcept nogil:
+    """The walker's one descend-or-skip decision for a table entry at level:
+    the static rule prepare_walker() derived from the flags and max level,
+    then the two dynamic cases (a SKIP_CHILDREN hint, or a table that the
+    callback has just created while SKIP_NEW_TABLE is set)."""
+    if not w.enter[level + 1]:
+        return False
+    if hint & HINT_SKIP_CHILDREN:
+        return False
+    return was_table or not (w.flags & F_SKIP_NEW_TABLE)
+
 cdef int visit_entry(PT *pt, WalkData *d, u64 ptep, int level) noexcept nogil:
     # __kvm_pgtable_visit()
     cdef Walker *w = d.walker
@@ -436,8 +447,7 @@ cdef int visit_entry(PT *pt, WalkData *d, u64 ptep, int level) noexcept nogil:
     gs = granule_size(&pt.g, level)
     if not table:
         d.addr = align_down(d.addr, gs) + gs
-    elif ((hint & HINT_SKIP_CHILDREN) or not w.enter[li]
-          or (not was_table and (ctx.flags & F_SKIP_NEW_TABLE))):
+    elif not should_enter(w, level, was_table, hint):
         # Not entered: move past everything the table maps.
         d.addr = align_down(d.addr, gs) + gs
     else:

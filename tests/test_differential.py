@@ -38,8 +38,8 @@ engine records the error and finishes the operation, the reference stops at
 once) the rest of the sequence is only checked for safety; a raising visitor
 may cost the engine one more counted reload; ``pages_live`` is compared
 modulo 2**64; the reference's inspection helpers refuse corrupt descriptors
-that the engine's skip.  Known engine bugs are gated, not hidden: see
-``ENGINE_BUGS`` and ``test_known_engine_bug``.
+that the engine's skip.  Engine bugs the suite found are listed, with
+reproducers, in ``ENGINE_BUGS`` (see ``test_known_engine_bug``).
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
 import reference
 import s2fast
@@ -96,30 +97,35 @@ OPS = ("map", "unmap", "wrprotect", "relax_perms", "mkyoung", "test_clear_young"
 # Upper bound on the leaf entries one map/set_owner/create_unlinked may write
 # (the reference is pure Python); larger requests are cut down.
 LEAF_BUDGET = 9000
-# A Python visitor stops the walk (returns 1) after this many callbacks.
+# A Python visitor stops the walk (returns 1) after this many callbacks, and
+# writes at most this many table descriptors in one walk.
 CALLBACK_BUDGET = 2500
+MAX_TABLE_WRITES = 16
 
 # ---------------------------------------------------------------------------
-# Known engine bugs (see the xfail tests at the end of the file).  Each entry
-# is a reproducer run in a subprocess, because the bug kills the process; the
-# differential strategies avoid the case while the bug is present and cover it
-# automatically once it is fixed.
+# Engine bugs this suite found.  Each has a reproducer run in a subprocess (one
+# of them killed the process).  While a bug is present the strategies avoid
+# the case (or the comparison tolerates exactly that difference); once fixed,
+# the case is covered again and test_known_engine_bug guards the fix.
+# Value: (commit that fixed it, or None while open; reproducer).
 
 ENGINE_BUGS = {
     # kvm_pgtable_stage2_create_unlinked() with a NULL memcache: the engine's
-    # zalloc_page() dereferences the NULL MC (segfault) instead of returning
+    # zalloc_page() dereferenced the NULL MC (segfault) instead of returning
     # NULL -> -ENOMEM as the reference (and the conformance harness) model it.
-    "create_unlinked_null_memcache": """
+    "create_unlinked_null_memcache": ("66eb51b", """
         import s2fast
         pt = s2fast.Stage2PageTable(40)
         assert pt.create_unlinked(0, 2, int(s2fast.RW), None) == (-12, None)
         assert pt.pages_live == pt.pgd_pages
-    """,
+    """),
     # table_pages() is "table pages reachable from the root, root pages
-    # included" (the reference counts distinct pages); the engine counts one
-    # page per table descriptor that leads to it, so a page reachable twice
-    # (after a visitor copied a table descriptor) is counted twice.
-    "table_pages_counts_references": """
+    # included" (the reference counts distinct pages); the engine counted one
+    # page per table descriptor leading to it, so a page reachable twice
+    # (after a visitor copied a table descriptor) was counted twice.  (The
+    # first fix, 3dde77f, then under-counted: a page met again at another
+    # level was not walked there; fixed in af3af35.)
+    "table_pages_counts_references": ("af3af35", """
         import s2fast
         pt = s2fast.Stage2PageTable(32)                 # 4 concatenated PGD pages
         def alias(ctx, visit):                          # PGD page 0 entry 0 -> PGD page 1
@@ -127,7 +133,7 @@ ENGINE_BUGS = {
             return 1
         pt.walk(0, 4096, alias, s2fast.WalkFlags.LEAF)
         assert pt.table_pages() == 4, pt.table_pages()  # 5 with the bug
-    """,
+    """),
 }
 
 
@@ -147,7 +153,7 @@ def _aliased(pr) -> bool:
 @functools.lru_cache(maxsize=None)
 def engine_bug_present(name: str) -> bool:
     """Run the reproducer in a fresh interpreter: True if it crashes or fails."""
-    code = textwrap.dedent(ENGINE_BUGS[name])
+    code = textwrap.dedent(ENGINE_BUGS[name][1])
     # Run from the directory of the s2fast under test: "-c" puts the cwd first
     # on sys.path, and a source checkout's s2fast/ has no compiled engine.
     root = pathlib.Path(s2fast.__file__).resolve().parent.parent
@@ -322,6 +328,7 @@ class Visitor:
         self.rng = random.Random(spec.seed)
         self.trace: list = []
         self.tables: dict = {}
+        self.table_writes = 0
         self.boom: Optional[VisitorBoom] = None
 
     def __call__(self, ctx, visit):
@@ -337,6 +344,12 @@ class Visitor:
         rng = self.rng
         if self.spec.writes and rng.random() < self.spec.p_write:
             new = self._new_value(rng.choice(self.spec.writes), level, old)
+            if new is not None and level < 3 and new & 3 == 3:
+                # A table descriptor: the walk may descend into it (aliased
+                # tables multiply what later walks visit), so only a few.
+                self.table_writes += 1
+                if self.table_writes > MAX_TABLE_WRITES:
+                    new = None
             if new is not None:
                 ctx.set(new)
         if n >= self.spec.budget:
@@ -351,7 +364,8 @@ class Visitor:
             return 0
         if kind == "leaf":                 # a valid block/page descriptor
             size = geo.size[level]
-            pa = (rng.choice((0, 1 << 30, 1 << 39, 3 << 42)) + rng.randrange(4) * size) & ((1 << 48) - 1)
+            pa = (rng.choice((0, 1 << 30, 1 << 39, 3 << 42, TABLE_PA_BASE))
+                  + rng.randrange(4) * size) & ((1 << 48) - 1)
             attr = rng.choice((0x400000000007FC, 0x7FC, 0x77C, 0x4000000000073C, 0x400000000007C4,
                                0x400000000007D4, 0x40000000000758, 0x40000000000BFC | SW1,
                                0x200000000003FC))
@@ -455,6 +469,39 @@ def _inspect(pt) -> tuple:
         return ("exc", type(e).__name__)
 
 
+# Beyond this many entries for a walk of the whole IPA space (every path
+# through aliased tables counted) a sequence stops: see Pair.state_problems.
+WALK_COST_LIMIT = 300_000
+
+
+def walk_cost(geo: Geo, pr) -> int:
+    """Entries a walk of the whole IPA space of reference table ``pr`` would
+    visit, each path through aliased tables counted (saturates at the limit)."""
+    if pr.pgd is None:
+        return 0
+    mm = pr.mm_ops
+    ptrs, G, refs = mm.ptrs_per_pte, geo.G, mm.refs
+    mem = pr.descriptors        # a copy: a view would pin the reference's pool array
+    memo: dict = {}
+
+    def cost(page: int, level: int) -> int:
+        if (page, level) not in memo:
+            c = ptrs
+            if level < 3:
+                entries = mem[page * ptrs:(page + 1) * ptrs]
+                for pte in entries[(entries & 3) == 3].tolist():
+                    off = mm.kvm_pte_to_phys(pte) - TABLE_PA_BASE
+                    if off >= 0 and off % G == 0 and off // G < len(refs) and refs[off // G] > 0:
+                        c += cost(off // G, level + 1)
+                        if c >= WALK_COST_LIMIT:
+                            break
+            memo[page, level] = min(c, WALK_COST_LIMIT)
+        return memo[page, level]
+
+    pgd0 = pr.pgd // ptrs
+    return min(sum(cost(pgd0 + i, geo.start_level) for i in range(geo.pgd_pages)), WALK_COST_LIMIT)
+
+
 def _is_corrupt(side: str, exc: BaseException) -> bool:
     return isinstance(exc, MODS[side].CorruptTableError)
 
@@ -478,6 +525,7 @@ class Pair:
         self.corrupted = False             # a CorruptTableError has been raised
         self.diverged = False              # after corruption: the states differ
         self.divergences: list = []
+        self.exploded = False              # see walk_cost()
         pe, pr = self.pt["eng"], self.pt["ref"]
         for attr in ("ia_bits", "granule", "start_level", "pgd_pages", "vtcr"):
             self.expect_eq(getattr(pe, attr), getattr(pr, attr), attr)
@@ -579,9 +627,14 @@ class Pair:
 
     # -- both sides -------------------------------------------------------------
     def step(self, o: Op) -> None:
+        if self.exploded:
+            return      # aliased tables too big to walk in reasonable time: the sequence ends
         o = self._resolve(o)
         self.history.append(o)
-        note(f"op {len(self.history) - 1}: {o!r}")
+        try:
+            note(f"op {len(self.history) - 1}: {o!r}")
+        except InvalidArgument:       # not inside a hypothesis test
+            pass
         (oe, mce, ve), (orf, mcr, vr) = self._run_side("eng", o), self._run_side("ref", o)
         self.executed.append((o.kind, o.a.get("flags", 0)))
         if ve is not None:
@@ -634,10 +687,9 @@ class Pair:
         stats_e = self.pt["eng"].stats.as_dict()
         stats_r = self.pt["ref"].stats.as_dict()
         # MODELLING DIFFERENCE: pages_live is a u64 in the engine and a Python
-        # int in the reference.  A visitor that installs entries without page
-        # references can make later operations free more pages than were ever
-        # allocated (a PGD page can be freed while in use); the engine's count
-        # then wraps (2**64 - 1 for -1).  Compared modulo 2**64.
+        # int in the reference.  Should a corrupted table (a PGD page "freed"
+        # as an unlinked table, ...) ever free more pages than were allocated,
+        # the engine's count wraps (2**64 - 1 for -1).  Compared modulo 2**64.
         stats_r["pages_live"] %= 1 << 64
         if ve is not None and ve.boom is not None and oe[0] == "exc" and oe[2] is ve.boom:
             # MODELLING DIFFERENCE (no kernel counterpart; see
@@ -666,6 +718,14 @@ class Pair:
         re_, rr = pe._core.refcounts.tolist(), list(pr.mm_ops.refs)
         if re_ != rr:
             out.append(f"page refcounts differ: engine {_short(re_, 300)} reference {_short(rr, 300)}")
+        if out or walk_cost(self.geo, pr) >= WALK_COST_LIMIT:
+            # Visitors that copy table descriptors can alias tables so that
+            # the number of paths (what a walk visits, what leaves() lists)
+            # multiplies level by level: beyond the limit, the identical
+            # descriptors and refcounts are all that is compared and the
+            # sequence stops here.
+            self.exploded = not out
+            return out
         ie, ir = _inspect(pe), _inspect(pr)
         if (ie[0] == ir[0] == "ok" and ie[3] != ir[3] and ie[1:3] == ir[1:3]
                 and engine_bug_present("table_pages_counts_references") and _aliased(pr)):
@@ -821,7 +881,7 @@ def sizes(draw, geo: Geo, a: int) -> int:
 
 @st.composite
 def physes(draw, geo: Geo, ipa: int) -> int:
-    kind = draw(st.sampled_from(("congruent",) * 5 + ("block", "page", "any", "high")))
+    kind = draw(st.sampled_from(("congruent",) * 5 + ("block", "page", "any", "high", "pool")))
     base = draw(st.sampled_from((1 << 42, 3 << 42, 0)))
     if kind == "congruent":           # blocks wherever the IPA allows them
         return base + ipa % geo.L1
@@ -831,6 +891,8 @@ def physes(draw, geo: Geo, ipa: int) -> int:
         return base + ipa % geo.L2 + geo.G * draw(st.integers(1, 3))
     if kind == "high":                # PA bits 51:48 (64K) and above
         return (draw(st.sampled_from((0xF, 0x1F, 0x10, 0xFFFF))) << 48) + ipa % geo.L1
+    if kind == "pool":                # guest pages at the PAs of table pages
+        return TABLE_PA_BASE + draw(st.integers(0, 7)) * geo.G
     return draw(st.integers(0, MASK64))
 
 
@@ -1057,10 +1119,12 @@ def test_pte_prot(pte):
 
 @pytest.mark.parametrize("bug", sorted(ENGINE_BUGS))
 def test_known_engine_bug(bug):
-    """The reproducers of ENGINE_BUGS (each run in a subprocess).  Once a bug
-    is fixed this passes and the differential tests cover the case again."""
-    if engine_bug_present(bug):
-        pytest.xfail(f"engine bug {bug!r} (see ENGINE_BUGS in this file)")
+    """The reproducers of ENGINE_BUGS, each in a subprocess: an open bug is
+    an expected failure, a fixed one must stay fixed."""
+    fixed_in = ENGINE_BUGS[bug][0]
+    if fixed_in is None and engine_bug_present(bug):
+        pytest.xfail(f"open engine bug {bug!r} (see ENGINE_BUGS in this file)")
+    assert not engine_bug_present(bug), f"engine bug {bug!r} (fixed in {fixed_in}) is back"
 
 
 @pytest.mark.parametrize("exc_type", BOOMS)
@@ -1115,3 +1179,24 @@ def test_visitor_bad_return_value(side, bad):
     pt = mod.Stage2PageTable(40)
     with pytest.raises((TypeError, ValueError)):
         pt.walk(0, 4096, lambda ctx, visit: bad, LEAF)
+
+
+def test_aliasing_explosion_stops_the_sequence():
+    """Copies of one table descriptor in many entries multiply the paths
+    through the tables (what a walk visits, what leaves() lists); the harness
+    must notice (walk_cost) and end the sequence instead of walking them all."""
+    cfg = Config(16384, 40, False, False, False)
+    geo = Geo(cfg)
+    pair = run_sequence(cfg, (), [op("map", ipa=0, size=4 * geo.G, phys=1 << 42, prot=R | W,
+                                     mc=("new", 8, "fail"), flags=0)])
+    assert not pair.exploded
+    for side in SIDES:
+        pt = pair.pt[side]
+        table = int(pt.descriptors[0])                # PGD entry 0: the level-3 table
+        assert table & 3 == 3
+        for i in range(1, 1000):                      # 999 more level-2 entries -> that table
+            pt.walk(i * geo.L2, geo.G, lambda ctx, visit: ctx.set(table) or 1, LEAF)
+    pair.check_state()
+    assert pair.exploded
+    pair.step(op("unmap", ipa=0, size=geo.top))
+    assert [k for k, _ in pair.executed] == ["map"]

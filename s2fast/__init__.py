@@ -1,17 +1,19 @@
 """s2fast: an exact, fast simulator of the Linux KVM arm64 stage-2 page-table
 walker (arch/arm64/kvm/hyp/pgtable.c)."""
 from ._walk import BuiltinVisitor, CollectVisitor, CountVisitor, MemCache, VisitCtx
-from .errors import CorruptTableError
+from .errors import CorruptTableError, OutsideMemoryError, ReadOnlyTableError
 from .flags import (E2BIG, EAGAIN, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM, ERANGE,
                     ERRNO_NAMES, RW, RWX, SKIP_CHILDREN, SKIP_SIBLINGS, TLBI_TTL_UNKNOWN, Prot,
                     WalkFlags)
 from .pgtable import Geometry, Stage2PageTable, Stats, geometry, pte_prot
+from .translate import FSC_NONE, TRANSLATE_DTYPE, Access, Fault, Translation
 from .variants import LeafRun, OutcomeDiff, Strategy, compare_outcomes
 
 __all__ = [
     "Stage2PageTable", "MemCache", "Stats", "Geometry", "geometry", "pte_prot",
     "WalkFlags", "Prot", "RW", "RWX", "VisitCtx", "BuiltinVisitor", "CountVisitor", "CollectVisitor",
-    "CorruptTableError", "Strategy", "compare_outcomes", "OutcomeDiff", "LeafRun",
+    "CorruptTableError", "OutsideMemoryError", "ReadOnlyTableError",
+    "Access", "Fault", "Translation", "TRANSLATE_DTYPE", "FSC_NONE", "Strategy", "compare_outcomes", "OutcomeDiff", "LeafRun",
     "SKIP_CHILDREN", "SKIP_SIBLINGS", "TLBI_TTL_UNKNOWN", "ERRNO_NAMES",
     "EPERM", "ENOENT", "E2BIG", "EAGAIN", "ENOMEM", "EFAULT", "EBUSY", "EEXIST", "EINVAL", "ERANGE",
 ]

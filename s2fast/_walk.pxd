@@ -122,9 +122,25 @@ cdef struct Pool:
     u64 free_n
     u64 free_cap
 
+cdef struct Seg:
+    # One segment of external physical memory (an image's tables).
+    u64 pa
+    u64 size
+    u64 *host               # host address of the byte at pa (8-byte aligned)
+
 cdef struct PT:
     Geom g
     Pool pool
+    # Root: pgd[i] is concatenated root page i (NULL: outside an image's memory).
+    u64 *pgd[16]
+    u64 root_pa
+    # Tables in external memory (from_image): read-only, no pool.
+    bint image
+    Seg *segs
+    int nsegs
+    # For architectural translation: output-address size, VTCR_EL2.HA.
+    int ps_bits
+    bint ha
     Counters c
     bint has_pgd
     bint fwb
@@ -137,8 +153,8 @@ cdef struct PT:
     u64 err_desc
 
 cdef struct Ctx:
-    # struct kvm_pgtable_visit_ctx; ptep is an index into the pool.
-    u64 ptep
+    # struct kvm_pgtable_visit_ctx
+    u64 *ptep
     u64 old
     void *arg
     u64 start
@@ -150,10 +166,10 @@ cdef struct Ctx:
 ctypedef int (*visitor_fn)(PT *pt, Ctx *ctx, int visit) noexcept nogil
 
 # Visits a run of last-level entries: ctx holds the first entry's addr; the
-# function visits n entries (ptep0 .. ptep0+n-1) with LEAF callbacks and
+# function visits n entries (ptep0[0] .. ptep0[n-1]) with LEAF callbacks and
 # returns the first result that stops the walk (0 when none did), storing
 # how many callbacks it made in *done.
-ctypedef int (*leaf_run_fn)(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil
+ctypedef int (*leaf_run_fn)(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil
 
 cdef struct Walker:
     visitor_fn cb
@@ -175,4 +191,4 @@ cdef struct WalkData:
     bint skip_siblings
 
 cdef int kvm_pgtable_walk(PT *pt, u64 addr, u64 size, Walker *w) noexcept nogil
-cdef int walk_table(PT *pt, WalkData *d, u64 base, int level) noexcept nogil
+cdef int walk_table(PT *pt, WalkData *d, u64 *table, int level) noexcept nogil

@@ -101,6 +101,7 @@ cdef enum:
     ERR_NONE = 0
     ERR_CORRUPT = 1
     ERR_NOPOOL = 2
+    ERR_OUTSIDE = 3     # an image descriptor points outside its physical memory
 
 # ---------------------------------------------------------------------------
 # Geometry helpers
@@ -239,17 +240,50 @@ cdef inline s64 page_of_pa(PT *pt, u64 pa) noexcept nogil:
 cdef inline u64 page_pa(PT *pt, u64 page) noexcept nogil:
     return C_TABLE_PA_BASE + (page << pt.g.page_shift)
 
-cdef inline s64 follow(PT *pt, Ctx *ctx, u64 pte) noexcept nogil:
-    """kvm_pte_follow() with the simulator's check: the child's first entry
-    index, or -1 (and the corruption recorded) if the descriptor is bad."""
-    cdef s64 page = page_of_pa(pt, pte_to_phys(&pt.g, pte))
-    if page < 0:
-        set_error(pt, ERR_CORRUPT, ctx.addr, ctx.level, pte)
-        return -1
-    return page << pt.g.table_shift
+cdef u64 *image_table(PT *pt, u64 pa) noexcept nogil:
+    """The host address of the table page at pa in external memory, or NULL
+    if the page is not wholly inside one segment (a read outside memory)."""
+    cdef int lo = 0, hi = pt.nsegs, mid
+    cdef u64 gsz = (<u64>1) << pt.g.page_shift
+    if pa & (gsz - 1):
+        return NULL
+    # Segments are sorted by PA and disjoint: find the last one starting at or below pa.
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if pt.segs[mid].pa <= pa:
+            lo = mid
+        else:
+            hi = mid
+    if pt.nsegs == 0 or pa < pt.segs[lo].pa or pa - pt.segs[lo].pa > pt.segs[lo].size - gsz \
+            or pt.segs[lo].size < gsz:
+        return NULL
+    return pt.segs[lo].host + ((pa - pt.segs[lo].pa) >> 3)
 
-cdef inline void get_page(PT *pt, u64 ptep) noexcept nogil:
-    pt.pool.refcnt[ptep >> pt.g.table_shift] += 1
+cdef inline u64 *table_at(PT *pt, u64 pa) noexcept nogil:
+    """The table page at physical address pa: a live pool page, or a page of
+    external memory for an image. NULL when there is none."""
+    cdef s64 page
+    if pt.image:
+        return image_table(pt, pa)
+    page = page_of_pa(pt, pa)
+    if page < 0:
+        return NULL
+    return pt.pool.mem + (<u64>page << pt.g.table_shift)
+
+cdef inline u64 page_index(PT *pt, const u64 *ptep) noexcept nogil:
+    """Pool page index of the page holding ptep (pool tables only)."""
+    return (<u64>(ptep - pt.pool.mem)) >> pt.g.table_shift
+
+cdef inline u64 *follow(PT *pt, Ctx *ctx, u64 pte) noexcept nogil:
+    """kvm_pte_follow() with the simulator's check: the child table, or NULL
+    (and the corruption recorded) if the descriptor leads nowhere valid."""
+    cdef u64 *child = table_at(pt, pte_to_phys(&pt.g, pte))
+    if child == NULL:
+        set_error(pt, ERR_OUTSIDE if pt.image else ERR_CORRUPT, ctx.addr, ctx.level, pte)
+    return child
+
+cdef inline void get_page(PT *pt, u64 *ptep) noexcept nogil:
+    pt.pool.refcnt[page_index(pt, ptep)] += 1
 
 cdef int release_page(PT *pt, u64 page) noexcept nogil:
     cdef u64 *ns
@@ -265,10 +299,10 @@ cdef int release_page(PT *pt, u64 page) noexcept nogil:
     pt.c.pages_free += 1
     return 0
 
-cdef inline bint put_page(PT *pt, u64 ptep) noexcept nogil:
+cdef inline bint put_page(PT *pt, u64 *ptep) noexcept nogil:
     """Drop a reference on the page holding ptep; False on a refcount
     underflow (a corrupt table), which is recorded."""
-    cdef u64 page = ptep >> pt.g.table_shift
+    cdef u64 page = page_index(pt, ptep)
     if pt.pool.refcnt[page] <= 0:
         set_error(pt, ERR_CORRUPT, 0, -2, page_pa(pt, page))
         return False
@@ -277,20 +311,20 @@ cdef inline bint put_page(PT *pt, u64 ptep) noexcept nogil:
         release_page(pt, page)
     return True
 
-cdef inline bint put_entry(PT *pt, Ctx *ctx, u64 ptep) noexcept nogil:
+cdef inline bint put_entry(PT *pt, Ctx *ctx, u64 *ptep) noexcept nogil:
     """put_page() of the reference an entry holds on its table page. In a
     consistent table this never frees the page (the table's own reference
     stays), so going below 1 means a visitor wrote a descriptor without its
     reference: recorded as corruption, and the page is left alone."""
-    cdef u64 page = ptep >> pt.g.table_shift
+    cdef u64 page = page_index(pt, ptep)
     if pt.pool.refcnt[page] <= 1:
         set_error(pt, ERR_CORRUPT, ctx.addr, ctx.level, ctx.old)
         return False
     pt.pool.refcnt[page] -= 1
     return True
 
-cdef inline int page_count(PT *pt, u64 ptep) noexcept nogil:
-    return pt.pool.refcnt[ptep >> pt.g.table_shift]
+cdef inline int page_count(PT *pt, u64 *ptep) noexcept nogil:
+    return pt.pool.refcnt[page_index(pt, ptep)]
 
 cdef s64 pool_new_page(PT *pt) noexcept nogil:
     """A zeroed page with refcount 1, or -1 when the reservation is full."""
@@ -320,17 +354,16 @@ cdef s64 pool_new_page(PT *pt) noexcept nogil:
     pt.c.pages_alloc += 1
     return <s64>page
 
-cdef s64 zalloc_page(PT *pt, MC *mc) noexcept nogil:
-    """mm_ops->zalloc_page(memcache): first entry index of the page, or -1
-    for NULL. An empty cache refuses, or (on_empty="allocate") warns and
+cdef u64 *zalloc_page(PT *pt, MC *mc) noexcept nogil:
+    """mm_ops->zalloc_page(memcache): the new page, or NULL. An empty cache refuses, or (on_empty="allocate") warns and
     allocates anyway, as kvm_mmu_memory_cache_alloc() does."""
     cdef s64 page
     if mc == NULL:
-        return -1       # zalloc_page(NULL): no cache, no page
+        return NULL     # zalloc_page(NULL): no cache, no page
     if mc.nobjs <= 0:
         pt.c.mc_exhausted += 1
         if not mc.allocate_on_empty:
-            return -1
+            return NULL
         warn(pt, W_MC_ALLOC)
         page = pool_new_page(pt)
     else:
@@ -339,8 +372,8 @@ cdef s64 zalloc_page(PT *pt, MC *mc) noexcept nogil:
             mc.nobjs -= 1
             pt.c.mc_used += 1
     if page < 0:
-        return -1
-    return page << pt.g.table_shift
+        return NULL
+    return pt.pool.mem + (<u64>page << pt.g.table_shift)
 
 # ---------------------------------------------------------------------------
 # The walker (kvm_pgtable_walk and friends)
@@ -401,7 +434,7 @@ cdef inline bint should_enter(const Walker *w, int level, bint was_table, int hi
         return False
     return was_table or not (w.flags & F_SKIP_NEW_TABLE)
 
-cdef int visit_entry(PT *pt, WalkData *d, u64 ptep, int level) noexcept nogil:
+cdef int visit_entry(PT *pt, WalkData *d, u64 *ptep, int level) noexcept nogil:
     # __kvm_pgtable_visit()
     cdef Walker *w = d.walker
     cdef Ctx ctx
@@ -410,10 +443,10 @@ cdef int visit_entry(PT *pt, WalkData *d, u64 ptep, int level) noexcept nogil:
     cdef int li = level + 1
     cdef bint reload = False
     cdef bint table, was_table
-    cdef s64 child
+    cdef u64 *child
     cdef u64 gs
     ctx.ptep = ptep
-    ctx.old = pt.pool.mem[ptep]
+    ctx.old = ptep[0]
     ctx.arg = w.arg
     ctx.start = d.start
     ctx.addr = d.addr
@@ -437,7 +470,7 @@ cdef int visit_entry(PT *pt, WalkData *d, u64 ptep, int level) noexcept nogil:
     # Re-read after the callback so the walk descends into a table that the
     # callback just installed.
     if reload:
-        ctx.old = pt.pool.mem[ptep]
+        ctx.old = ptep[0]
         pt.c.reloads += 1
         table = pte_table(ctx.old, level)
 
@@ -452,9 +485,9 @@ cdef int visit_entry(PT *pt, WalkData *d, u64 ptep, int level) noexcept nogil:
         d.addr = align_down(d.addr, gs) + gs
     else:
         child = follow(pt, &ctx, ctx.old)
-        if child < 0:
+        if child == NULL:
             return S2_ECORRUPT
-        ret = walk_table(pt, d, <u64>child, level + 1)
+        ret = walk_table(pt, d, child, level + 1)
         if not walk_continue(w, ret):
             return ret
 
@@ -470,7 +503,7 @@ cdef int visit_entry(PT *pt, WalkData *d, u64 ptep, int level) noexcept nogil:
         return 0
     return ret
 
-cdef int walk_last_level(PT *pt, WalkData *d, u64 base, u64 idx) noexcept nogil:
+cdef int walk_last_level(PT *pt, WalkData *d, u64 *table, u64 idx) noexcept nogil:
     """The last level visited a whole run at a time: nothing there is a table,
     so each entry is one read, one LEAF callback and one reload, and the
     counters can be bumped in bulk. Only used with a built-in run function."""
@@ -499,7 +532,7 @@ cdef int walk_last_level(PT *pt, WalkData *d, u64 base, u64 idx) noexcept nogil:
     ctx.flags = w.flags
     # Built-in run functions never return hints (no table lives at the last
     # level, and the built-in visitors hint only above it).
-    ret = w.run(pt, &ctx, base + idx, n, &done)
+    ret = w.run(pt, &ctx, table + idx, n, &done)
     pt.c.visits += done
     pt.c.reloads += done
     pt.c.cb_leaf += done
@@ -511,7 +544,7 @@ cdef int walk_last_level(PT *pt, WalkData *d, u64 base, u64 idx) noexcept nogil:
     d.addr = addr + (done << shift)
     return 0
 
-cdef int walk_table(PT *pt, WalkData *d, u64 base, int level) noexcept nogil:
+cdef int walk_table(PT *pt, WalkData *d, u64 *table, int level) noexcept nogil:
     # __kvm_pgtable_walk()
     cdef u64 idx, entry_addr, span
     cdef int ret = 0
@@ -520,12 +553,12 @@ cdef int walk_table(PT *pt, WalkData *d, u64 base, int level) noexcept nogil:
         return -EINVAL
     idx = (d.addr >> granule_shift(&pt.g, level)) & (pt.g.ptrs - 1)
     if level == LAST_LEVEL and d.walker.run != NULL:
-        return walk_last_level(pt, d, base, idx)
+        return walk_last_level(pt, d, table, idx)
     while idx < pt.g.ptrs:
         if d.addr >= d.end:
             break
         entry_addr = d.addr
-        ret = visit_entry(pt, d, base + idx, level)
+        ret = visit_entry(pt, d, table + idx, level)
         if ret:
             break
         if d.skip_siblings:
@@ -564,13 +597,17 @@ cdef int kvm_pgtable_walk(PT *pt, u64 addr, u64 size, Walker *w) noexcept nogil:
         return -EINVAL
     idx = pgd_page_idx(pt, d.addr)
     while d.addr < d.end:
-        ret = walk_table(pt, &d, idx * pt.g.ptrs, pt.g.start_level)
+        if pt.pgd[idx] == NULL:
+            # A root page outside memory (an image only).
+            set_error(pt, ERR_OUTSIDE, d.addr, pt.g.start_level, pt.root_pa + (idx << pt.g.page_shift))
+            return S2_ECORRUPT
+        ret = walk_table(pt, &d, pt.pgd[idx], pt.g.start_level)
         if ret:
             break
         idx += 1
     return ret
 
-cdef int walk_unlinked(PT *pt, Walker *w, u64 base, int level, u64 end) noexcept nogil:
+cdef int walk_unlinked(PT *pt, Walker *w, u64 *table, int level, u64 end) noexcept nogil:
     # __kvm_pgtable_walk() over a detached table covering [0, end).
     cdef WalkData d
     d.walker = w
@@ -579,13 +616,13 @@ cdef int walk_unlinked(PT *pt, Walker *w, u64 base, int level, u64 end) noexcept
     d.start = 0
     d.addr = 0
     d.end = end
-    return walk_table(pt, &d, base, level)
+    return walk_table(pt, &d, table, level)
 
 # ---------------------------------------------------------------------------
 # Descriptor construction
 
-cdef inline u64 init_table_pte(PT *pt, u64 child_base) noexcept nogil:
-    return phys_to_pte(&pt.g, page_pa(pt, child_base >> pt.g.table_shift)) | PTE_TYPE | PTE_VALID
+cdef inline u64 init_table_pte(PT *pt, u64 *child) noexcept nogil:
+    return phys_to_pte(&pt.g, page_pa(pt, page_index(pt, child))) | PTE_TYPE | PTE_VALID
 
 cdef inline u64 init_valid_leaf_pte(PT *pt, u64 pa, u64 attr, int level) noexcept nogil:
     cdef u64 pte = phys_to_pte(&pt.g, pa)
@@ -669,10 +706,10 @@ def pte_prot(pte):
 
 cdef inline bint try_set_pte(PT *pt, Ctx *ctx, u64 new) noexcept nogil:
     if not walk_shared(ctx):
-        pt.pool.mem[ctx.ptep] = new
+        ctx.ptep[0] = new
         return True
-    if pt.pool.mem[ctx.ptep] == ctx.old:   # cmpxchg
-        pt.pool.mem[ctx.ptep] = new
+    if ctx.ptep[0] == ctx.old:   # cmpxchg
+        ctx.ptep[0] = new
         return True
     return False
 
@@ -695,11 +732,11 @@ cdef bint try_break_pte(PT *pt, Ctx *ctx) noexcept nogil:
     return True
 
 cdef inline void make_pte(PT *pt, Ctx *ctx, u64 new) noexcept nogil:
-    if not pte_is_locked(pt.pool.mem[ctx.ptep]):
+    if not pte_is_locked(ctx.ptep[0]):
         warn(pt, W_MAKE_NOT_LOCKED)
     if pte_is_counted(new):
         get_page(pt, ctx.ptep)
-    pt.pool.mem[ctx.ptep] = new
+    ctx.ptep[0] = new
 
 # ---------------------------------------------------------------------------
 # Unlinked tables
@@ -709,33 +746,33 @@ cdef struct FreeArg:
 
 cdef int free_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     # stage2_free_walker()
-    cdef s64 child
+    cdef u64 *child
     if not pte_is_counted(ctx.old):
         return 0
     if visit == F_LEAF:
         return 0 if put_entry(pt, ctx, ctx.ptep) else S2_ECORRUPT
     if visit == F_TABLE_POST:
         child = follow(pt, ctx, ctx.old)
-        if child < 0:
+        if child == NULL:
             return S2_ECORRUPT
-        if page_count(pt, <u64>child) != 1:
+        if page_count(pt, child) != 1:
             return 0
         put_entry(pt, ctx, ctx.ptep)
-        put_page(pt, <u64>child)
-        pt.pool.mem[ctx.ptep] = 0
+        put_page(pt, child)
+        ctx.ptep[0] = 0
         return 0
     return -EINVAL
 
-cdef int free_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
+cdef int free_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
     # Last-level entries of a table being freed: one put_page per counted one.
     cdef u64 i
-    cdef u64 *mem = pt.pool.mem
+    cdef u64 *mem = ptep0
     cdef u64 gs = (<u64>1) << pt.g.page_shift
     cdef u64 addr0 = align_down(ctx.addr, gs)
     for i in range(n):
-        if mem[ptep0 + i] != 0:
+        if mem[i] != 0:
             ctx.ptep = ptep0 + i
-            ctx.old = mem[ptep0 + i]
+            ctx.old = mem[i]
             ctx.addr = addr0 + i * gs
             if not put_entry(pt, ctx, ptep0 + i):
                 done[0] = i + 1
@@ -743,7 +780,7 @@ cdef int free_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
     done[0] = n
     return 0
 
-cdef void free_unlinked(PT *pt, u64 base, int level) noexcept nogil:
+cdef void free_unlinked(PT *pt, u64 *base, int level) noexcept nogil:
     # kvm_pgtable_stage2_free_unlinked()
     cdef Walker w
     w.cb = free_walker
@@ -830,19 +867,19 @@ cdef int map_try_leaf(PT *pt, Ctx *ctx, MapData *data) noexcept nogil:
 cdef int map_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     cdef MapData *data = <MapData *>ctx.arg
     cdef int ret
-    cdef s64 child
+    cdef u64 *child
     cdef u64 new
     if visit == F_TABLE_PRE:
         # stage2_map_walk_table_pre(): replace a table by a block if we can.
         child = follow(pt, ctx, ctx.old)
-        if child < 0:
+        if child == NULL:
             return S2_ECORRUPT
         if not leaf_mapping_allowed(pt, ctx, data):
             return 0
         ret = map_try_leaf(pt, ctx, data)
         if ret:
             return ret
-        free_unlinked(pt, <u64>child, ctx.level)
+        free_unlinked(pt, child, ctx.level)
         if pt.err_kind:
             return S2_ECORRUPT
         return 0
@@ -857,17 +894,17 @@ cdef int map_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
         if data.memcache == NULL:
             return -ENOMEM
         child = zalloc_page(pt, data.memcache)
-        if child < 0:
+        if child == NULL:
             return S2_ENOPOOL if pt.err_kind else -ENOMEM
         if not try_break_pte(pt, ctx):
-            put_page(pt, <u64>child)
+            put_page(pt, child)
             return -EAGAIN
         # A block met on the way becomes a table; the rest of it refaults.
-        make_pte(pt, ctx, init_table_pte(pt, <u64>child))
+        make_pte(pt, ctx, init_table_pte(pt, child))
         return 0
     return -EINVAL
 
-cdef int map_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
+cdef int map_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
     cdef u64 i
     cdef int ret
     cdef u64 gs = (<u64>1) << pt.g.page_shift
@@ -876,7 +913,7 @@ cdef int map_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
     w.max_level = LAST_LEVEL
     for i in range(n):
         ctx.ptep = ptep0 + i
-        ctx.old = pt.pool.mem[ctx.ptep]
+        ctx.old = ctx.ptep[0]
         ret = map_walker(pt, ctx, F_LEAF)
         if not walk_continue(&w, ret):
             done[0] = i + 1
@@ -892,35 +929,35 @@ cdef inline bint unmap_defer_tlb_flush(PT *pt) noexcept nogil:
     return pt.tlb_range and pt.fwb
 
 cdef int unmap_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
-    cdef s64 child = -1
+    cdef u64 *child = NULL
     cdef bint need_flush = False
     if not pte_valid(ctx.old):
         if pte_is_counted(ctx.old):
-            pt.pool.mem[ctx.ptep] = 0
+            ctx.ptep[0] = 0
             put_entry(pt, ctx, ctx.ptep)
         return 0
     if pte_table(ctx.old, ctx.level):
         child = follow(pt, ctx, ctx.old)
-        if child < 0:
+        if child == NULL:
             return S2_ECORRUPT
-        if page_count(pt, <u64>child) != 1:
+        if page_count(pt, child) != 1:
             return 0
     elif pte_cacheable(pt, ctx.old):
         need_flush = not pt.fwb
     # stage2_unmap_put_pte(): the whole block goes, the rest refaults.
-    pt.pool.mem[ctx.ptep] = 0
-    if child >= 0:
+    ctx.ptep[0] = 0
+    if child != NULL:
         tlbi_vmid_ipa(pt, ctx.addr, TTL_UNKNOWN)
     elif not unmap_defer_tlb_flush(pt):
         tlbi_vmid_ipa(pt, ctx.addr, ctx.level)
     put_entry(pt, ctx, ctx.ptep)
     if need_flush:
         dcache_clean_inval_poc(pt, pte_to_phys(&pt.g, ctx.old), granule_size(&pt.g, ctx.level))
-    if child >= 0:
-        put_page(pt, <u64>child)
+    if child != NULL:
+        put_page(pt, child)
     return 0
 
-cdef int generic_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done, visitor_fn cb) noexcept nogil:
+cdef int generic_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done, visitor_fn cb) noexcept nogil:
     cdef u64 i
     cdef int ret
     cdef u64 gs = (<u64>1) << pt.g.page_shift
@@ -929,7 +966,7 @@ cdef int generic_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done, visitor_fn c
     w.max_level = LAST_LEVEL
     for i in range(n):
         ctx.ptep = ptep0 + i
-        ctx.old = pt.pool.mem[ctx.ptep]
+        ctx.old = ctx.ptep[0]
         ret = cb(pt, ctx, F_LEAF)
         if not walk_continue(&w, ret):
             done[0] = i + 1
@@ -938,7 +975,7 @@ cdef int generic_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done, visitor_fn c
     done[0] = n
     return 0
 
-cdef int unmap_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
+cdef int unmap_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
     return generic_run(pt, ctx, ptep0, n, done, unmap_walker)
 
 # ---------------------------------------------------------------------------
@@ -967,10 +1004,10 @@ cdef inline int attr_one(PT *pt, Ctx *ctx, AttrData *data) noexcept nogil:
 cdef int attr_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     return attr_one(pt, ctx, <AttrData *>ctx.arg)
 
-cdef int attr_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
+cdef int attr_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
     # The write-protect hot loop: one read, a mask, maybe one write per entry.
     cdef AttrData *data = <AttrData *>ctx.arg
-    cdef u64 *mem = pt.pool.mem
+    cdef u64 *mem = ptep0
     cdef u64 i, old, new
     cdef bint stop_on_again = (ctx.flags & F_HANDLE_FAULT) != 0
     cdef int ret
@@ -980,7 +1017,7 @@ cdef int attr_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
     if simple:
         # No execute change and no cmpxchg: nothing but the mask can happen.
         for i in range(n):
-            old = mem[ptep0 + i]
+            old = mem[i]
             if not (old & PTE_VALID):
                 if stop_on_again:
                     done[0] = i + 1
@@ -992,12 +1029,12 @@ cdef int attr_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
             if new != old:
                 if (new & PTE_VALID) and not (new & S2_XN) and (old & S2_XN):
                     icache_inval_pou(pt, pte_to_phys(&pt.g, new), gs)
-                mem[ptep0 + i] = new
+                mem[i] = new
         done[0] = n
         return 0
     for i in range(n):
         ctx.ptep = ptep0 + i
-        ctx.old = mem[ctx.ptep]
+        ctx.old = mem[i]
         ctx.addr = addr0 + i * gs
         ret = attr_one(pt, ctx, data)
         if ret != 0 and (ret != -EAGAIN or stop_on_again):
@@ -1020,7 +1057,7 @@ cdef int age_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
         return -EAGAIN
     return 0
 
-cdef int age_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
+cdef int age_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
     return generic_run(pt, ctx, ptep0, n, done, age_walker)
 
 cdef int flush_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
@@ -1029,7 +1066,7 @@ cdef int flush_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     dcache_clean_inval_poc(pt, pte_to_phys(&pt.g, ctx.old), granule_size(&pt.g, ctx.level))
     return 0
 
-cdef int flush_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
+cdef int flush_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
     return generic_run(pt, ctx, ptep0, n, done, flush_walker)
 
 cdef struct LeafData:
@@ -1055,17 +1092,17 @@ cdef int block_get_nr_page_tables(PT *pt, int level) noexcept nogil:
     warn(pt, W_NR_PAGE_TABLES)
     return -EINVAL
 
-cdef s64 create_unlinked(PT *pt, u64 phys, int level, u64 prot, MC *mc, bint force_pte, int *err) noexcept nogil:
+cdef u64 *create_unlinked(PT *pt, u64 phys, int level, u64 prot, MC *mc, bint force_pte, int *err) noexcept nogil:
     # kvm_pgtable_stage2_create_unlinked(): builds a detached subtree mapping
     # one level-`level` granule at phys, walking it once to fill it.
     cdef MapData data
     cdef Walker w
-    cdef s64 pgtable
+    cdef u64 *pgtable
     cdef int ret
     err[0] = 0
     if phys & (granule_size(&pt.g, level) - 1):
         err[0] = -EINVAL
-        return -1
+        return NULL
     data.phys = phys
     data.owner_id = 0
     data.memcache = mc
@@ -1074,21 +1111,21 @@ cdef s64 create_unlinked(PT *pt, u64 phys, int level, u64 prot, MC *mc, bint for
     ret = set_prot_attr(pt, prot, &data.attr)
     if ret:
         err[0] = ret
-        return -1
+        return NULL
     pgtable = zalloc_page(pt, mc)
-    if pgtable < 0:
+    if pgtable == NULL:
         err[0] = S2_ENOPOOL if pt.err_kind else -ENOMEM
-        return -1
+        return NULL
     w.cb = map_walker
     w.run = map_run
     w.arg = &data
     w.flags = F_LEAF | F_SKIP_BBM_TLBI | F_SKIP_CMO
     w.max_level = LAST_LEVEL
-    ret = walk_unlinked(pt, &w, <u64>pgtable, level + 1, granule_size(&pt.g, level))
+    ret = walk_unlinked(pt, &w, pgtable, level + 1, granule_size(&pt.g, level))
     if ret:
-        free_unlinked(pt, <u64>pgtable, level)
+        free_unlinked(pt, pgtable, level)
         err[0] = ret
-        return -1
+        return NULL
     return pgtable
 
 cdef int split_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
@@ -1097,7 +1134,7 @@ cdef int split_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     cdef int level = ctx.level
     cdef int nr_pages, err = 0
     cdef bint force_pte
-    cdef s64 childp
+    cdef u64 *childp
     if level == LAST_LEVEL:
         return 0
     if not pte_valid(pte):
@@ -1115,12 +1152,12 @@ cdef int split_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     if mc.nobjs < nr_pages:
         return -ENOMEM
     childp = create_unlinked(pt, pte_to_phys(&pt.g, pte), level, c_pte_prot(pte), mc, force_pte, &err)
-    if childp < 0:
+    if childp == NULL:
         return err
     if not try_break_pte(pt, ctx):
-        free_unlinked(pt, <u64>childp, level)
+        free_unlinked(pt, childp, level)
         return -EAGAIN
-    make_pte(pt, ctx, init_table_pte(pt, <u64>childp))
+    make_pte(pt, ctx, init_table_pte(pt, childp))
     return 0
 
 cdef int split_skip_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
@@ -1144,7 +1181,7 @@ cdef int split_skip_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
         return HINT_SKIP_CHILDREN
     return ret
 
-cdef int noop_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
+cdef int noop_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
     # A visitor that returns 0 at the last level without looking.
     done[0] = n
     return 0
@@ -1168,9 +1205,9 @@ cdef int count_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
         data.tables[ctx.level + 1] += 1
     return 0
 
-cdef int count_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
+cdef int count_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
     cdef CountData *data = <CountData *>ctx.arg
-    cdef u64 *mem = pt.pool.mem + ptep0
+    cdef u64 *mem = ptep0
     cdef u64 i, v = 0
     for i in range(n):
         v += mem[i] & PTE_VALID
@@ -1221,20 +1258,177 @@ cdef int collect_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
             return -ENOMEM
     return 0
 
-cdef int collect_run(PT *pt, Ctx *ctx, u64 ptep0, u64 n, u64 *done) noexcept nogil:
+cdef int collect_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
     cdef CollectData *data = <CollectData *>ctx.arg
-    cdef u64 *mem = pt.pool.mem
+    cdef u64 *mem = ptep0
     cdef u64 i, pte
     cdef int shift = pt.g.page_shift
     cdef u64 addr = align_down(ctx.addr, (<u64>1) << shift)
     for i in range(n):
-        pte = mem[ptep0 + i]
+        pte = mem[i]
         if pte & PTE_VALID:
             if not collect_push(data, addr + (i << shift), LAST_LEVEL, pte):
                 done[0] = i + 1
                 return -ENOMEM
     done[0] = n
     return 0
+
+# ---------------------------------------------------------------------------
+# Architectural translation: what the MMU's stage-2 walk does with the same
+# tables (not KVM's software walker). Fault kinds and ESR_ELx.FSC bases:
+
+cdef enum:
+    FAULT_NONE = 0
+    FAULT_TRANSLATION = 1
+    FAULT_ADDRESS_SIZE = 2
+    FAULT_ACCESS_FLAG = 3
+    FAULT_PERMISSION = 4
+    FAULT_EXTERNAL = 5
+    FSC_NONE = 0xFF
+
+cdef enum:
+    ACCESS_READ = 0
+    ACCESS_WRITE = 1
+    ACCESS_EXEC_EL1 = 2
+    ACCESS_EXEC_EL0 = 3
+
+cdef unsigned char FSC_BASE[6]
+FSC_BASE[:] = [0xFF, 0x04, 0x00, 0x08, 0x0C, 0x14]
+
+cdef struct TRow:
+    # One row of TRANSLATE_DTYPE (numpy aligned layout; checked at import).
+    u64 ipa
+    unsigned char ok
+    u64 pa
+    signed char level
+    u64 block_size
+    u64 desc
+    unsigned char readable
+    unsigned char writable
+    unsigned char exec_el1
+    unsigned char exec_el0
+    unsigned char fault
+    signed char fault_level
+    unsigned char fsc
+
+TRANSLATE_DTYPE = np.dtype([
+    ("ipa", "<u8"), ("ok", "?"), ("pa", "<u8"), ("level", "i1"), ("block_size", "<u8"),
+    ("desc", "<u8"), ("readable", "?"), ("writable", "?"), ("exec_el1", "?"), ("exec_el0", "?"),
+    ("fault", "u1"), ("fault_level", "i1"), ("fsc", "u1")], align=True)
+assert TRANSLATE_DTYPE.itemsize == sizeof(TRow)
+
+cdef struct TCfg:
+    int access
+    bint ha
+    bint xnx
+    bint root_too_big       # VTTBR's base address is beyond PS
+    # The last table the walk read from, for runs of nearby IPAs: IPAs with
+    # the same tag take the same path down to that table.
+    bint cached
+    int c_level
+    u64 c_tag
+    u64 *c_table
+
+cdef inline u64 oa_of(const Geom *g, u64 desc) noexcept nogil:
+    """Output (or next-table) address bits of a descriptor, 52-bit with 64 KiB."""
+    cdef u64 pa = desc & ((((<u64>1) << 48) - 1) & ~(((<u64>1) << g.page_shift) - 1))
+    if g.pa_51_48:
+        pa |= ((desc >> 12) & 0xF) << 48
+    return pa
+
+cdef inline bint oa_too_big(PT *pt, u64 desc) noexcept nogil:
+    cdef u64 oa = oa_of(&pt.g, desc)
+    return pt.ps_bits < 52 and (oa >> pt.ps_bits) != 0
+
+cdef inline void t_fault(TRow *r, int kind, int level) noexcept nogil:
+    r.fault = kind
+    r.fault_level = level
+    r.level = level
+    r.fsc = FSC_BASE[kind] + level
+
+cdef void translate_one(PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept nogil:
+    cdef int level = pt.g.start_level
+    cdef int shift
+    cdef u64 idx, desc = 0, bs, xn
+    cdef u64 *table
+    cdef bint allowed
+    memset(r, 0, sizeof(TRow))
+    r.ipa = ipa
+    r.fault_level = -1
+    r.fsc = FSC_NONE
+    if pt.g.ia_bits < 64 and (ipa >> pt.g.ia_bits) != 0:
+        t_fault(r, FAULT_TRANSLATION, 0)
+        return
+    if cfg.root_too_big:
+        t_fault(r, FAULT_ADDRESS_SIZE, level)
+        return
+    shift = granule_shift(&pt.g, level)
+    if cfg.cached and (ipa >> (granule_shift(&pt.g, cfg.c_level) + pt.g.table_shift)) == cfg.c_tag:
+        level = cfg.c_level
+        table = cfg.c_table
+        shift = granule_shift(&pt.g, level)
+        idx = (ipa >> shift) & (pt.g.ptrs - 1)
+    else:
+        # The start level indexes the concatenated root pages as one table.
+        idx = ipa >> shift if shift < 64 else 0
+        table = pt.pgd[idx >> pt.g.table_shift]
+        idx &= pt.g.ptrs - 1
+    while True:
+        cfg.cached = True
+        cfg.c_level = level
+        cfg.c_tag = ipa >> (shift + pt.g.table_shift) if shift + pt.g.table_shift < 64 else 0
+        cfg.c_table = table
+        if table == NULL:
+            t_fault(r, FAULT_EXTERNAL, level)
+            return
+        desc = table[idx]
+        r.desc = desc
+        if not (desc & PTE_VALID) or (level == LAST_LEVEL and (desc & 3) == 1):
+            t_fault(r, FAULT_TRANSLATION, level)
+            return
+        if level == LAST_LEVEL or (desc & 3) == 1:
+            break
+        if oa_too_big(pt, desc):
+            t_fault(r, FAULT_ADDRESS_SIZE, level)
+            return
+        table = table_at(pt, oa_of(&pt.g, desc))
+        level += 1
+        shift = granule_shift(&pt.g, level)
+        idx = (ipa >> shift) & (pt.g.ptrs - 1)
+    if level < pt.g.min_block_level:
+        t_fault(r, FAULT_TRANSLATION, level)
+        return
+    if oa_too_big(pt, desc):
+        t_fault(r, FAULT_ADDRESS_SIZE, level)
+        return
+    r.level = level
+    bs = (<u64>1) << shift
+    r.block_size = bs
+    r.pa = (oa_of(&pt.g, desc) & ~(bs - 1)) | (ipa & (bs - 1))
+    r.readable = (desc & S2AP_R) != 0
+    r.writable = (desc & S2AP_W) != 0
+    xn = (desc >> 53) & 3
+    if cfg.xnx:
+        r.exec_el1 = xn == 0 or xn == 3
+        r.exec_el0 = xn == 0 or xn == 1
+    else:
+        r.exec_el1 = (xn & 2) == 0
+        r.exec_el0 = (xn & 2) == 0
+    if not (desc & S2_AF) and not cfg.ha:
+        t_fault(r, FAULT_ACCESS_FLAG, level)
+        return
+    if cfg.access == ACCESS_READ:
+        allowed = r.readable
+    elif cfg.access == ACCESS_WRITE:
+        allowed = r.writable
+    elif cfg.access == ACCESS_EXEC_EL1:
+        allowed = r.exec_el1
+    else:
+        allowed = r.exec_el0
+    if not allowed:
+        t_fault(r, FAULT_PERMISSION, level)
+        return
+    r.ok = True
 
 # ---------------------------------------------------------------------------
 # Python visitors
@@ -1279,8 +1473,9 @@ cdef class VisitCtx:
 
     @property
     def ptep(self):
+        """The physical address of the entry (where *ctx->ptep lives)."""
         self._check()
-        return self.c.ptep
+        return entry_pa(self.pt, self.c.ptep)
 
     @property
     def arg(self):
@@ -1297,13 +1492,29 @@ cdef class VisitCtx:
             raise TypeError(f"ctx.set() takes an int descriptor, not {type(new).__name__} {new!r}")
         if new < 0 or new >= (1 << 64):
             raise ValueError(f"descriptor {new!r} is not a uint64")
-        self.pt.pool.mem[self.c.ptep] = <u64>new
+        if self.pt.image:
+            from .errors import ReadOnlyTableError
+            raise ReadOnlyTableError("ctx.set() on a table in an external image")
+        self.c.ptep[0] = <u64>new
 
     def __repr__(self):
         if self.c == NULL:
             return "VisitCtx(<expired>)"
         return (f"VisitCtx(addr={self.c.addr:#x}, level={self.c.level}, old={self.c.old:#x}, "
-                f"ptep={self.c.ptep})")
+                f"ptep={entry_pa(self.pt, self.c.ptep):#x})")
+
+
+cdef u64 entry_pa(PT *pt, const u64 *ptep) noexcept:
+    """The physical address of an entry, from its host address."""
+    cdef int i
+    cdef u64 off
+    if not pt.image:
+        return C_TABLE_PA_BASE + ((<u64>(ptep - pt.pool.mem)) << 3)
+    for i in range(pt.nsegs):
+        off = <u64>(<const char *>ptep - <const char *>pt.segs[i].host)
+        if off < pt.segs[i].size:
+            return pt.segs[i].pa + off
+    return 0
 
 
 cdef class _PyVisit:
@@ -1484,6 +1695,7 @@ cdef class Stage2Core:
     cdef size_t reserved_bytes
     cdef bint busy
     cdef readonly object corrupt_exc_type
+    cdef object _image_keep
 
     def __cinit__(self):
         memset(&self.pt, 0, sizeof(PT))
@@ -1529,7 +1741,152 @@ cdef class Stage2Core:
         for i in range(pgd_pages):
             if pool_new_page(&self.pt) < 0:
                 raise MemoryError("descriptor pool too small for the PGD")
+            self.pt.pgd[i] = self.pt.pool.mem + (i << g.table_shift)
+        self.pt.root_pa = C_TABLE_PA_BASE
+        self.pt.ps_bits = 48
+        self.pt.ha = True
         self.pt.has_pgd = True
+
+    def init_image(self, int page_shift, int ia_bits, int start_level, u64 pgd_pages, u64 root_pa,
+                   bint fwb, bint xnx, int ps_bits, bint ha, list segments, object corrupt_exc_type):
+        """Tables in external memory (read-only). segments: (pa, uint8 array)
+        pairs, sorted by PA and disjoint; the arrays are kept alive here."""
+        cdef Geom *g = &self.pt.g
+        cdef const unsigned char[::1] mv
+        cdef Py_ssize_t i, n = len(segments)
+        cdef u64 pa, size, gsz
+        cdef size_t host
+        if self.pt.pool.mem != NULL or self.pt.image:
+            raise RuntimeError("Stage2Core is already initialised")
+        if page_shift not in (12, 14, 16) or not 25 <= ia_bits <= 48 or not 0 <= start_level <= 3 \
+                or not 1 <= pgd_pages <= 16 or ps_bits not in (32, 36, 40, 42, 44, 48, 52):
+            raise ValueError("inconsistent page-table geometry")
+        self.corrupt_exc_type = corrupt_exc_type
+        g.page_shift = page_shift
+        g.table_shift = page_shift - 3
+        g.ptrs = (<u64>1) << (page_shift - 3)
+        g.start_level = start_level
+        g.ia_bits = ia_bits
+        g.pgd_pages = pgd_pages
+        g.min_block_level = 1 if page_shift == 12 else 2
+        g.addr_mask = (((<u64>1) << 48) - 1) & ~(((<u64>1) << page_shift) - 1)
+        g.pa_51_48 = page_shift == 16
+        self.pt.fwb = fwb
+        self.pt.xnx = xnx
+        self.pt.ps_bits = ps_bits
+        self.pt.ha = ha
+        self.pt.root_pa = root_pa
+        self.pt.segs = <Seg *>malloc((n if n else 1) * sizeof(Seg))
+        if self.pt.segs == NULL:
+            raise MemoryError()
+        for i in range(n):
+            pa, arr = segments[i]
+            mv = arr
+            size = mv.shape[0]
+            host = <size_t>&mv[0] if size else 0
+            if pa & 7 or host & 7:
+                raise ValueError(f"segment at PA {pa:#x} is not 8-byte aligned (in PA or in host "
+                                 "memory); copy it into an aligned array")
+            if i and pa < self.pt.segs[i - 1].pa + self.pt.segs[i - 1].size:
+                raise ValueError(f"segment at PA {pa:#x} overlaps the one before it")
+            self.pt.segs[i].pa = pa
+            self.pt.segs[i].size = size
+            self.pt.segs[i].host = <u64 *>host
+        self.pt.nsegs = <int>n
+        self._image_keep = list(segments)
+        self.pt.image = True
+        gsz = (<u64>1) << page_shift
+        for i in range(<Py_ssize_t>pgd_pages):
+            self.pt.pgd[i] = image_table(&self.pt, root_pa + <u64>i * gsz)
+        self.pt.has_pgd = True
+
+    def translate(self, const u64[::1] ipas, int access, bint ha, bint xnx):
+        """Architectural stage-2 translation of every IPA: a TRANSLATE_DTYPE array."""
+        cdef Py_ssize_t i, n = ipas.shape[0]
+        cdef TCfg cfg
+        cdef TRow *rows
+        if not 0 <= access <= 3:
+            raise ValueError(f"access {access} is outside 0..3")
+        out = np.empty(n, dtype=TRANSLATE_DTYPE)
+        if n == 0:
+            return out
+        rows = <TRow *>cnp.PyArray_DATA(out)
+        memset(&cfg, 0, sizeof(TCfg))
+        cfg.access = access
+        cfg.ha = ha
+        cfg.xnx = xnx
+        cfg.root_too_big = self.pt.ps_bits < 52 and (self.pt.root_pa >> self.pt.ps_bits) != 0
+        self._check_idle()
+        if not self.pt.has_pgd:
+            raise ValueError("this page table has been destroyed")
+        self.busy = True
+        try:
+            with nogil:
+                for i in range(n):
+                    translate_one(&self.pt, &cfg, ipas[i], &rows[i])
+        finally:
+            self.busy = False
+        return out
+
+    def load_pages(self, const u64[:, ::1] pages):
+        """Fill a fresh pool from a [N, PTRS_PER_PTE] array: rows 0..pgd_pages-1
+        are the root, row i becomes pool page i (PA TABLE_PA_BASE + i *
+        granule). Each page's refcount is the kernel's: 1 + its non-zero entries."""
+        cdef Py_ssize_t i, j, n = pages.shape[0]
+        cdef s64 page
+        cdef u64 *dst
+        cdef int32_t cnt
+        self._check_writable()
+        self._check_idle()
+        if pages.shape[1] != <Py_ssize_t>self.pt.g.ptrs:
+            raise ValueError(f"pages have {pages.shape[1]} entries, not {self.pt.g.ptrs}")
+        if n < <Py_ssize_t>self.pt.g.pgd_pages:
+            raise ValueError("fewer pages than the root has")
+        if not self.pt.has_pgd or self.pt.pool.n_pages != self.pt.g.pgd_pages \
+                or self.pt.pool.live != self.pt.g.pgd_pages:
+            raise RuntimeError("load_pages() needs a freshly created table")
+        for i in range(n):
+            if i >= <Py_ssize_t>self.pt.g.pgd_pages:
+                page = pool_new_page(&self.pt)
+                if page != i:
+                    self.pt.err_kind = ERR_NONE
+                    raise MemoryError("the descriptor pool reservation is too small")
+            dst = self.pt.pool.mem + (<u64>i << self.pt.g.table_shift)
+            cnt = 1
+            for j in range(<Py_ssize_t>self.pt.g.ptrs):
+                dst[j] = pages[i, j]
+                cnt += pages[i, j] != 0
+            self.pt.pool.refcnt[i] = cnt
+
+    @property
+    def is_image(self):
+        return bool(self.pt.image)
+
+    @property
+    def root_pa(self):
+        return self.pt.root_pa
+
+    @property
+    def ps_bits(self):
+        return self.pt.ps_bits
+
+    @property
+    def ha(self):
+        return bool(self.pt.ha)
+
+    def read_table(self, u64 pa):
+        """A read-only uint64 view of the table page at pa (pool or image),
+        or None when no table page is there."""
+        cdef u64 *t = table_at(&self.pt, pa)
+        cdef cnp.npy_intp dims[1]
+        if t == NULL:
+            return None
+        dims[0] = <cnp.npy_intp>self.pt.g.ptrs
+        arr = cnp.PyArray_SimpleNewFromData(1, dims, cnp.NPY_UINT64, <void *>t)
+        Py_INCREF(self)
+        cnp.PyArray_SetBaseObject(arr, self)
+        arr.flags.writeable = False
+        return arr
 
     def __dealloc__(self):
         if self.pt.pool.mem != NULL:
@@ -1537,6 +1894,7 @@ cdef class Stage2Core:
             self.pt.pool.mem = NULL
         free(self.pt.pool.refcnt)
         free(self.pt.pool.free_stack)
+        free(self.pt.segs)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -1547,6 +1905,17 @@ cdef class Stage2Core:
         self.pt.err_kind = ERR_NONE
         return 0
 
+    cdef int _check_writable(self) except -1:
+        if self.pt.image:
+            from .errors import ReadOnlyTableError
+            raise ReadOnlyTableError("this page table lives in an external image and is "
+                                     "read-only; copy() it into a pool to change it")
+        return 0
+
+    cdef int _enter_write(self) except -1:
+        self._check_writable()
+        return self._enter()
+
     cdef object _leave(self, int ret, _PyVisit pv=None):
         self.busy = False
         if pv is not None and pv.exc is not None:
@@ -1556,6 +1925,10 @@ cdef class Stage2Core:
         if self.pt.err_kind == ERR_CORRUPT:
             self.pt.err_kind = ERR_NONE
             raise self.corrupt_exc_type(self.pt.err_ipa, self.pt.err_level, self.pt.err_desc)
+        if self.pt.err_kind == ERR_OUTSIDE:
+            self.pt.err_kind = ERR_NONE
+            from .errors import OutsideMemoryError
+            raise OutsideMemoryError(self.pt.err_ipa, self.pt.err_level, self.pt.err_desc)
         if self.pt.err_kind == ERR_NOPOOL:
             self.pt.err_kind = ERR_NONE
             raise MemoryError(f"the descriptor pool reservation ({self.reserved_bytes} bytes) is full")
@@ -1563,6 +1936,9 @@ cdef class Stage2Core:
 
     @property
     def descriptors(self):
+        if self.pt.image:
+            raise TypeError("a table in an external image has no descriptor pool; "
+                            "read its memory through the PhysMem it was opened on")
         cdef cnp.npy_intp dims[1]
         dims[0] = <cnp.npy_intp>(self.pt.pool.n_pages << self.pt.g.table_shift)
         arr = cnp.PyArray_SimpleNewFromData(1, dims, cnp.NPY_UINT64, <void *>self.pt.pool.mem)
@@ -1722,7 +2098,7 @@ cdef class Stage2Core:
         w.arg = &data
         w.flags = flags | F_TABLE_PRE | F_LEAF
         w.max_level = LAST_LEVEL
-        self._enter()
+        self._enter_write()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
         return self._leave(ret)
@@ -1744,7 +2120,7 @@ cdef class Stage2Core:
         w.arg = &data
         w.flags = F_TABLE_PRE | F_LEAF
         w.max_level = LAST_LEVEL
-        self._enter()
+        self._enter_write()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
         return self._leave(ret)
@@ -1757,7 +2133,7 @@ cdef class Stage2Core:
         w.arg = NULL
         w.flags = F_LEAF | F_TABLE_POST
         w.max_level = LAST_LEVEL
-        self._enter()
+        self._enter_write()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
             if unmap_defer_tlb_flush(&self.pt):
@@ -1778,7 +2154,7 @@ cdef class Stage2Core:
         w.arg = data
         w.flags = flags | F_LEAF
         w.max_level = LAST_LEVEL
-        self._enter()
+        self._enter_write()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
         return self._leave(ret)
@@ -1827,7 +2203,10 @@ cdef class Stage2Core:
         w.arg = &data
         w.flags = F_LEAF
         w.max_level = LAST_LEVEL
-        self._enter()
+        if mkold:
+            self._enter_write()
+        else:
+            self._enter()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
             if ret:
@@ -1865,27 +2244,28 @@ cdef class Stage2Core:
         w.arg = mc_ptr(memcache)
         w.flags = flags
         w.max_level = max_level
-        self._enter()
+        self._enter_write()
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
         return self._leave(ret)
 
     def create_unlinked(self, u64 phys, int level, u64 prot, object memcache, bint force_pte):
         cdef int err = 0
-        cdef s64 base
+        cdef u64 *base
         cdef MC *mc = mc_ptr(memcache)
         if level < -1 or level > LAST_LEVEL:
             raise ValueError(f"level {level} is outside -1..3")
-        self._enter()
+        self._enter_write()
         with nogil:
             base = create_unlinked(&self.pt, phys, level, prot, mc, force_pte, &err)
         self._leave(err if err > VISITOR_RET_MIN else 0)
-        if base < 0:
+        if base == NULL:
             return err, None
-        return 0, page_pa(&self.pt, <u64>base >> self.pt.g.table_shift)
+        return 0, page_pa(&self.pt, page_index(&self.pt, base))
 
     def free_unlinked(self, u64 table_pa, int level):
         self._check_idle()
+        self._check_writable()
         if level < -1 or level > LAST_LEVEL:
             raise ValueError(f"level {level} is outside -1..3")
         cdef s64 page = page_of_pa(&self.pt, table_pa)
@@ -1893,7 +2273,7 @@ cdef class Stage2Core:
             raise ValueError(f"{table_pa:#x} is not a live table page of this page table")
         self._enter()
         with nogil:
-            free_unlinked(&self.pt, <u64>page << self.pt.g.table_shift, level)
+            free_unlinked(&self.pt, self.pt.pool.mem + (<u64>page << self.pt.g.table_shift), level)
         self._leave(0)
 
     def destroy(self):
@@ -1905,7 +2285,7 @@ cdef class Stage2Core:
         w.arg = NULL
         w.flags = F_LEAF | F_TABLE_POST
         w.max_level = LAST_LEVEL
-        self._enter()
+        self._enter_write()
         with nogil:
             # kvm_pgtable_stage2_destroy_range() then _destroy_pgd()
             ret = kvm_pgtable_walk(&self.pt, 0, (<u64>1) << self.pt.g.ia_bits, &w)
@@ -1913,7 +2293,7 @@ cdef class Stage2Core:
                 warn(&self.pt, W_DESTROY_RANGE)
             if self.pt.has_pgd:
                 for i in range(self.pt.g.pgd_pages):
-                    put_page(&self.pt, i << self.pt.g.table_shift)
+                    put_page(&self.pt, self.pt.pgd[i])
                 self.pt.has_pgd = False
         self._leave(0)
 
@@ -1924,13 +2304,33 @@ cdef class Stage2Core:
             raise RuntimeError("this page table is being walked; read it after the walk")
         return 0
 
+    cdef u64 _root_entries(self) noexcept nogil:
+        """Entries per root page that lie inside the IPA space."""
+        cdef int used = self.pt.g.ia_bits - granule_shift(&self.pt.g, self.pt.g.start_level)
+        if used >= self.pt.g.table_shift:
+            return self.pt.g.ptrs
+        return (<u64>1) << used
+
     def table_pages(self):
         """Distinct pages reachable from the root, root pages included."""
         cdef u64 i, n = 0
         cdef unsigned char[::1] seen
+        cdef dict seen_pa
         self._check_idle()
         if not self.pt.has_pgd:
             return 0
+        if self.pt.image:
+            # Images: pages keyed by PA (the same bits as below).
+            seen_pa = {}
+            for i in range(self.pt.g.pgd_pages):
+                if self.pt.pgd[i] != NULL:
+                    seen_pa[self.pt.root_pa + (i << self.pt.g.page_shift)] = \
+                        0x80 | (1 << (self.pt.g.start_level + 1))
+                    n += 1
+            for i in range(self.pt.g.pgd_pages):
+                if self.pt.pgd[i] != NULL:
+                    n += self._count_image_tables(self.pt.pgd[i], self.pt.g.start_level, seen_pa)
+            return n
         # seen[page]: bit 7 once counted; bit level+1 once walked at that
         # level (a visitor may alias a page at several levels).
         seen = np.zeros(self.pt.pool.n_pages, dtype=np.uint8)
@@ -1938,17 +2338,17 @@ cdef class Stage2Core:
             seen[i] |= 0x80 | (1 << (self.pt.g.start_level + 1))
             n += 1
         for i in range(self.pt.g.pgd_pages):
-            n += self._count_tables(i << self.pt.g.table_shift, self.pt.g.start_level, seen)
+            n += self._count_tables(self.pt.pgd[i], self.pt.g.start_level, seen)
         return n
 
-    cdef u64 _count_tables(self, u64 base, int level, unsigned char[::1] seen):
+    cdef u64 _count_tables(self, u64 *table, int level, unsigned char[::1] seen):
         cdef u64 i, n = 0, pte
         cdef s64 page
         cdef unsigned char bit = 1 << (level + 2)
         if level >= LAST_LEVEL:
             return 0
         for i in range(self.pt.g.ptrs):
-            pte = self.pt.pool.mem[base + i]
+            pte = table[i]
             if pte_table(pte, level):
                 page = page_of_pa(&self.pt, pte_to_phys(&self.pt.g, pte))
                 if page < 0:
@@ -1958,7 +2358,29 @@ cdef class Stage2Core:
                     n += 1
                 if not (seen[page] & bit):
                     seen[page] |= bit
-                    n += self._count_tables(<u64>page << self.pt.g.table_shift, level + 1, seen)
+                    n += self._count_tables(self.pt.pool.mem + (<u64>page << self.pt.g.table_shift),
+                                            level + 1, seen)
+        return n
+
+    cdef u64 _count_image_tables(self, u64 *table, int level, dict seen):
+        cdef u64 i, n = 0, pte, pa
+        cdef u64 *child
+        cdef int bits, bit = 1 << (level + 2)
+        if level >= LAST_LEVEL:
+            return 0
+        for i in range(self.pt.g.ptrs):
+            pte = table[i]
+            if pte_table(pte, level):
+                pa = pte_to_phys(&self.pt.g, pte)
+                child = image_table(&self.pt, pa)
+                if child == NULL:
+                    continue
+                bits = seen.get(pa, 0)
+                if not (bits & 0x80):
+                    n += 1
+                seen[pa] = bits | 0x80 | bit
+                if not (bits & bit):
+                    n += self._count_image_tables(child, level + 1, seen)
         return n
 
     def entries(self, bint valid):
@@ -1977,7 +2399,9 @@ cdef class Stage2Core:
                 try:
                     with nogil:
                         for i in range(self.pt.g.pgd_pages):
-                            self._collect(&data, i << self.pt.g.table_shift, sl, i * span, valid)
+                            if self.pt.pgd[i] != NULL:
+                                self._collect(&data, self.pt.pgd[i], sl, i * span, valid,
+                                              self._root_entries())
                 finally:
                     self.busy = False
             if data.failed:
@@ -1994,20 +2418,21 @@ cdef class Stage2Core:
             free(data.pte)
             free(data.level)
 
-    cdef void _collect(self, CollectData *data, u64 base, int level, u64 ipa, bint valid) noexcept nogil:
+    cdef void _collect(self, CollectData *data, u64 *table, int level, u64 ipa, bint valid,
+                       u64 count) noexcept nogil:
+        # count: entries of this table inside the IPA space (a root page of
+        # an image may be only partly used).
         cdef u64 i, pte
-        cdef s64 page
+        cdef u64 *child
         cdef int shift = granule_shift(&self.pt.g, level)
-        cdef u64 *mem = self.pt.pool.mem
-        for i in range(self.pt.g.ptrs):
-            pte = mem[base + i]
+        for i in range(count):
+            pte = table[i]
             if pte == 0:
                 continue
             if pte_table(pte, level):
-                page = page_of_pa(&self.pt, pte_to_phys(&self.pt.g, pte))
-                if page >= 0:
-                    self._collect(data, <u64>page << self.pt.g.table_shift, level + 1,
-                                  ipa + (i << shift), valid)
+                child = table_at(&self.pt, pte_to_phys(&self.pt.g, pte))
+                if child != NULL:
+                    self._collect(data, child, level + 1, ipa + (i << shift), valid, self.pt.g.ptrs)
             elif (pte & PTE_VALID) == valid:
                 collect_push(data, ipa + (i << shift), level, pte)
 

@@ -16,3 +16,41 @@ class CorruptTableError(Exception):
         super().__init__(
             f"corrupt table at IPA {ipa:#x}, level {level}, descriptor {desc:#x}: it points "
             "outside the pool or at a freed page, or was written without its page reference")
+
+
+class OutsideMemoryError(CorruptTableError):
+    """A table in an external image leads outside its physical memory: a
+    table descriptor (or the root from VTTBR) names a page that no segment
+    holds whole. ``desc`` is the descriptor (the root's PA for the root)."""
+
+    def __init__(self, ipa: int, level: int, desc: int) -> None:
+        Exception.__init__(
+            self, f"table descriptor {desc:#x} at IPA {ipa:#x}, level {level}, leads outside "
+            "the image's physical memory")
+        self.ipa = ipa
+        self.level = level
+        self.desc = desc
+
+
+class ReadOnlyTableError(TypeError):
+    """A change was asked of a table that lives in an external image."""
+
+
+class PhysMemReadError(LookupError):
+    """A read of physical memory that no single segment of a ``PhysMem``
+    holds: the range is outside every segment or straddles two of them (or,
+    for a zero-copy view, is not 8-byte aligned in the segment's buffer).
+
+    ``pa`` is the first byte of the read and ``nbytes`` its length."""
+
+    def __init__(self, pa: int, nbytes: int = 8, detail: str = "") -> None:
+        self.pa = pa
+        self.nbytes = nbytes
+        self.detail = detail
+        msg = f"physical read of {nbytes} byte(s) at PA {pa:#x} is not inside one memory segment"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)
+
+    def __reduce__(self):  # keep pickling (multiprocessing) working with the extra arguments
+        return (type(self), (self.pa, self.nbytes, self.detail))

@@ -2,6 +2,7 @@
 geometry as the kernel computes it, and ``Stats`` snapshots."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Union
 
@@ -79,6 +80,12 @@ def _u64(name: str, v: Any) -> int:
     if v < 0 or v > U64_MAX:
         raise ValueError(f"{name} {v!r} is outside 0..2**64-1")
     return v
+
+
+def _bool_arg(name: str, v: Any) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, not {type(v).__name__} {v!r}")
+    return bool(v)
 
 
 def _prot(v: Any) -> int:
@@ -182,6 +189,83 @@ class Stage2PageTable:
         self._core = _walk.Stage2Core(g.page_shift, g.ia_bits, g.start_level, g.pgd_pages,
                                       self.fwb, self.xnx, self.tlb_range, int(reserve_bytes),
                                       CorruptTableError)
+        self.physmem: Any = None
+        self.vttbr = _walk.TABLE_PA_BASE      # the pool's root, VMID 0
+
+    # -- tables outside the pool --------------------------------------------
+
+    @classmethod
+    def from_image(cls, physmem: Any, *, vttbr: Optional[int] = None, vtcr: Optional[int] = None,
+                   xnx: Optional[bool] = None, fwb: Optional[bool] = None,
+                   allow_aliases: bool = False) -> "Stage2PageTable":
+        """A read-only table in external memory.
+
+        ``physmem`` is an s2fast.PhysMem (then ``vttbr`` and ``vtcr`` are
+        required: the register values as a CPU holds them) or the path of an
+        image written by export_image() (registers from its sidecar unless
+        given). ``xnx`` (FEAT_XNX, default True) and ``fwb`` (HCR_EL2.FWB,
+        default False) are not in the registers. Walks, leaves(), translate()
+        and dump() work as on a pool; changes raise ReadOnlyTableError.
+        Tables reached twice (not a tree) raise ValueError unless
+        ``allow_aliases``: walks of such tables can take very long."""
+        from .image import open_exported, open_image
+
+        if isinstance(physmem, (str, os.PathLike)):
+            return open_exported(cls, physmem, vttbr=vttbr, vtcr=vtcr, xnx=xnx, fwb=fwb,
+                                 allow_aliases=allow_aliases)
+        if vttbr is None or vtcr is None:
+            raise TypeError("from_image(physmem) needs vttbr= and vtcr=")
+        return open_image(cls, physmem, vttbr=vttbr, vtcr=vtcr, xnx=True if xnx is None else xnx,
+                          fwb=False if fwb is None else fwb, allow_aliases=allow_aliases)
+
+    @property
+    def read_only(self) -> bool:
+        """True for a table in an external image."""
+        return self._core.is_image
+
+    @property
+    def root_pa(self) -> int:
+        return self._core.root_pa
+
+    def copy(self) -> "Stage2PageTable":
+        """A writable pool table with the same descriptors (its tables at pool
+        addresses). Statistics start from zero."""
+        from .image import copy_table
+
+        return copy_table(self, type(self))
+
+    def export_image(self, path: Union[str, "os.PathLike[str]"]) -> dict:
+        """Write the table pages to ``path`` and a JSON sidecar ``path.json``
+        (base PA, root PA, VTTBR, VTCR, granule); from_image(path) reads both
+        back. Returns the sidecar's contents."""
+        from .image import export_image
+
+        return export_image(self, path)
+
+    # -- architectural translation ---------------------------------------------
+
+    def translate_batch(self, ipas: Any, access: Any = "read", *, ha: Optional[bool] = None,
+                        xnx: Optional[bool] = None) -> np.ndarray:
+        """The MMU's stage-2 translation of every IPA for one access kind
+        ("read", "write", "exec_el1", "exec_el0" or s2fast.Access): a
+        TRANSLATE_DTYPE array (ipa, ok, pa, level, block_size, desc, readable,
+        writable, exec_el1, exec_el0, fault, fault_level, fsc). ``ha`` (VTCR.HA)
+        and ``xnx`` (FEAT_XNX) default to the table's."""
+        from .translate import as_ipas, parse_access
+
+        acc = parse_access(access)
+        ha = self._core.ha if ha is None else _bool_arg("ha", ha)
+        xnx = self.xnx if xnx is None else _bool_arg("xnx", xnx)
+        return self._core.translate(as_ipas(ipas), acc, ha, xnx)
+
+    def translate(self, ipa: int, access: Any = "read", *, ha: Optional[bool] = None,
+                  xnx: Optional[bool] = None) -> Any:
+        """translate_batch() of one IPA, as an s2fast.Translation."""
+        from .translate import Translation
+
+        ipa = _u64("ipa", ipa)
+        return Translation.from_row(self.translate_batch(np.array([ipa], dtype=np.uint64), access,
+                                                         ha=ha, xnx=xnx)[0])
 
     # -- configuration ----------------------------------------------------
 
@@ -210,6 +294,9 @@ class Stage2PageTable:
         return self.geometry.vtcr
 
     def __repr__(self) -> str:
+        if self.read_only:
+            return (f"Stage2PageTable.from_image(ia_bits={self.ia_bits}, granule={self.granule}, "
+                    f"root_pa={self.root_pa:#x}, vtcr={self.vtcr:#x}, fwb={self.fwb}, xnx={self.xnx})")
         return (f"Stage2PageTable(ia_bits={self.ia_bits}, granule={self.granule}, fwb={self.fwb}, "
                 f"xnx={self.xnx}, tlb_range={self.tlb_range}, pages_live={self.pages_live})")
 
@@ -217,8 +304,10 @@ class Stage2PageTable:
 
     @property
     def descriptors(self) -> np.ndarray:
-        """The descriptor pool as a read-only flat uint64 view; ``ctx.ptep``
-        indexes it. Page ``i`` starts at ``i * ptrs_per_table``."""
+        """The descriptor pool as a read-only flat uint64 view. Page ``i``
+        starts at ``i * ptrs_per_table`` and lives at PA ``table_pa(i)``; the
+        entry at PA ``ctx.ptep`` is ``descriptors[(ctx.ptep - TABLE_PA_BASE) // 8]``.
+        Image-backed tables have no pool (TypeError)."""
         return self._core.descriptors
 
     @property
@@ -368,6 +457,13 @@ class Stage2PageTable:
         if self.geometry.level_shift(level) >= 64:
             raise ValueError(f"level {level} has no granule with a {self.granule}-byte page size")
         return level
+
+    def dump(self, *, json: bool = False) -> str:
+        """One line per run of IPAs with identical attributes, like the
+        kernel's stage-2 ptdump (``json=True``: a JSON list)."""
+        from .dump import format_dump
+
+        return format_dump(self, json=json)
 
     def destroy(self) -> None:
         """kvm_pgtable_stage2_destroy(): frees every table; later operations

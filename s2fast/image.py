@@ -1,0 +1,301 @@
+"""Stage-2 tables outside the pool: decoding VTTBR_EL2/VTCR_EL2 as a CPU
+holds them, opening tables in a memory image read-only, exporting a pool
+table as an image, and importing an image back into a pool.
+
+The register layouts and the start-level rules are the architecture's (the
+kernel's nested-virtualisation walker, arch/arm64/kvm/nested.c, applies the
+same ones)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import numpy as np
+
+from . import _walk
+
+if TYPE_CHECKING:
+    from .pgtable import Stage2PageTable
+
+# VTCR_EL2.PS -> output-address bits.
+PS_BITS = {0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48, 6: 52}
+# VTCR_EL2.TG0 -> granule.
+TG0_GRANULE = {0: 4096, 1: 65536, 2: 16384}
+IMAGE_FORMAT = "s2fast-image"
+IMAGE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Vtcr:
+    """The fields of VTCR_EL2 that shape a stage-2 walk."""
+
+    value: int
+    t0sz: int
+    sl0: int
+    granule: int
+    ps_bits: int
+    ha: bool
+
+    @property
+    def ia_bits(self) -> int:
+        return 64 - self.t0sz
+
+    @property
+    def page_shift(self) -> int:
+        return self.granule.bit_length() - 1
+
+    @property
+    def start_level(self) -> int:
+        # SL0 counts levels up from level 2 (4 KiB) or level 3 (16/64 KiB).
+        return (2 if self.granule == 4096 else 3) - self.sl0
+
+    @property
+    def level_shift(self) -> int:
+        """Address bits below the start level's index."""
+        return (3 - self.start_level) * (self.page_shift - 3) + self.page_shift
+
+    @property
+    def pgd_pages(self) -> int:
+        """Concatenated root pages."""
+        return 1 << max(0, self.ia_bits - self.level_shift - (self.page_shift - 3))
+
+    @property
+    def root_align(self) -> int:
+        """Bytes the root is aligned to (its size, concatenation included)."""
+        return self.pgd_pages * self.granule if self.ia_bits - self.level_shift >= self.page_shift - 3 \
+            else 8 << (self.ia_bits - self.level_shift)
+
+
+def decode_vtcr(vtcr: int) -> Vtcr:
+    """Decode VTCR_EL2; a ValueError names what is not a valid stage-2 setup."""
+    vtcr = _reg("vtcr", vtcr)
+    t0sz, sl0 = vtcr & 0x3F, (vtcr >> 6) & 3
+    tg0, ps = (vtcr >> 14) & 3, (vtcr >> 16) & 7
+    if tg0 not in TG0_GRANULE:
+        raise ValueError(f"vtcr {vtcr:#x}: TG0 {tg0:#b} is a reserved granule encoding")
+    if ps not in PS_BITS:
+        raise ValueError(f"vtcr {vtcr:#x}: PS {ps} is a reserved output-size encoding")
+    v = Vtcr(vtcr, t0sz, sl0, TG0_GRANULE[tg0], PS_BITS[ps], bool(vtcr >> 21 & 1))
+    ia, level, stride = v.ia_bits, v.start_level, v.page_shift - 3
+    if not 25 <= ia <= 48:
+        raise ValueError(f"vtcr {vtcr:#x}: T0SZ {t0sz} gives a {ia}-bit IPA space; "
+                         "25 to 48 bits are supported")
+    # The architecture's limits on the start level for each granule.
+    if v.granule == 4096 and sl0 == 3:
+        raise ValueError(f"vtcr {vtcr:#x}: SL0 3 with 4 KiB pages (level 3 start) needs FEAT_TTST, "
+                         "which is not supported")
+    bad_level = {4096: level == 0 and ia <= 42, 16384: level == 0 or (level == 1 and ia <= 40),
+                 65536: level == 0 or (level == 1 and ia <= 42)}[v.granule]
+    start_bits = ia - v.level_shift
+    if bad_level or not 1 <= start_bits <= stride + 4:
+        raise ValueError(f"vtcr {vtcr:#x}: a {ia}-bit IPA space cannot start at level {level} "
+                         f"with {v.granule // 1024} KiB pages (SL0 {sl0})")
+    if v.ps_bits == 52 and v.granule != 65536:
+        raise ValueError(f"vtcr {vtcr:#x}: 52-bit output addresses with {v.granule // 1024} KiB "
+                         "pages need FEAT_LPA2, which is not supported")
+    return v
+
+
+def decode_vttbr(vttbr: int, v: Vtcr) -> int:
+    """The root table's PA from VTTBR_EL2: VMID (63:48) and CnP (0) dropped,
+    bits below the root's alignment ignored; with 64 KiB pages and 52-bit PAs
+    BADDR[51:48] sits in bits 5:2."""
+    vttbr = _reg("vttbr", vttbr)
+    root = vttbr & ((1 << 48) - 1) & ~(v.root_align - 1) & ~1
+    if v.ps_bits == 52:
+        root |= ((vttbr >> 2) & 0xF) << 48
+    return root
+
+
+def _reg(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, not {type(v).__name__} {v!r}")
+    v = int(v)
+    if not 0 <= v < 1 << 64:
+        raise ValueError(f"{name} {v!r} is not a 64-bit register value")
+    return v
+
+
+def _bool(name: str, v: Any) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, not {type(v).__name__} {v!r}")
+    return bool(v)
+
+
+def table_oa(desc: np.ndarray, granule: int) -> np.ndarray:
+    """Next-table / output address bits of descriptors (52-bit with 64 KiB)."""
+    pa = desc & np.uint64(((1 << 48) - 1) & ~(granule - 1))
+    if granule == 65536:
+        pa |= ((desc >> np.uint64(12)) & np.uint64(0xF)) << np.uint64(48)
+    return pa
+
+
+def scan_tables(core: Any, start_level: int, root_pa: int, pgd_pages: int, granule: int,
+                root_entries: int) -> list:
+    """Every table page reachable from the root, level by level:
+    [(pa, level, parent entry PA or None), ...]. Raises ValueError when a page
+    is reached twice (tables must form a tree, as every kernel writes them)."""
+    ptrs = granule // 8
+    seen: dict = {}
+    out = []
+    frontier = []
+    for i in range(pgd_pages):
+        pa = root_pa + i * granule
+        seen[pa] = None
+        out.append((pa, start_level, None))
+        frontier.append(pa)
+    level = start_level
+    while frontier and level < 3:
+        nxt = []
+        for pa in frontier:
+            page = core.read_table(pa)
+            if page is None:
+                continue
+            if level == start_level:
+                # Only the root entries inside the IPA space are ever used.
+                first = (pa - root_pa) // granule * ptrs
+                used = max(0, min(ptrs, root_entries - first))
+                page = page[:used]
+            idx = np.flatnonzero((page & np.uint64(3)) == np.uint64(3))
+            for i, child in zip(idx.tolist(), table_oa(page[idx], granule).tolist()):
+                if child in seen:
+                    first_from = seen[child]
+                    where = "the root" if first_from is None else f"the entry at PA {first_from:#x}"
+                    raise ValueError(
+                        f"table page {child:#x} is reached from the entry at PA {pa + 8 * i:#x} "
+                        f"(level {level}) and from {where}: the tables do not form a tree")
+                seen[child] = pa + 8 * i
+                out.append((child, level + 1, pa + 8 * i))
+                nxt.append(child)
+        frontier = nxt
+        level += 1
+    return out
+
+
+def open_image(cls: type, physmem: Any, *, vttbr: Any, vtcr: Any, xnx: Any = True,
+               fwb: Any = False, allow_aliases: Any = False) -> "Stage2PageTable":
+    """Stage2PageTable.from_image() for a PhysMem (see its docstring)."""
+    from .errors import CorruptTableError
+    from .pgtable import Geometry
+
+    segments = getattr(physmem, "segments", None)
+    if segments is None:
+        raise TypeError(f"physmem must be an s2fast.PhysMem (or a path to an exported image), "
+                        f"not {type(physmem).__name__} {physmem!r}")
+    v = decode_vtcr(vtcr)
+    root = decode_vttbr(vttbr, v)
+    xnx, fwb = _bool("xnx", xnx), _bool("fwb", fwb)
+    allow_aliases = _bool("allow_aliases", allow_aliases)
+    pt = cls.__new__(cls)
+    pt.geometry = Geometry(v.granule, v.ia_bits, v.start_level, v.pgd_pages, v.granule // 8, v.value)
+    pt.fwb, pt.xnx, pt.tlb_range = fwb, xnx, False
+    pt.physmem = physmem
+    core = _walk.Stage2Core.__new__(_walk.Stage2Core)
+    segs = [(int(s.pa), np.ascontiguousarray(s.data).reshape(-1).view(np.uint8)) for s in segments]
+    core.init_image(v.page_shift, v.ia_bits, v.start_level, v.pgd_pages, root, fwb, xnx,
+                    v.ps_bits, v.ha, segs, CorruptTableError)
+    pt._core = core
+    pt.vttbr = int(vttbr)
+    if not allow_aliases:
+        root_entries = 1 << (v.ia_bits - v.level_shift)
+        scan_tables(core, v.start_level, root, v.pgd_pages, v.granule, root_entries)
+    return pt
+
+
+def read_sidecar(path: Union[str, os.PathLike]) -> dict:
+    side = os.fspath(path) + ".json"
+    try:
+        with open(side) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{os.fspath(path)!r} has no sidecar {side!r}; pass a PhysMem with vttbr= "
+                         "and vtcr= instead") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"sidecar {side!r} is not JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != IMAGE_FORMAT:
+        raise ValueError(f"sidecar {side!r} is not an {IMAGE_FORMAT} description")
+    if meta.get("version") != IMAGE_VERSION:
+        raise ValueError(f"sidecar {side!r} has version {meta.get('version')!r}; "
+                         f"this s2fast reads version {IMAGE_VERSION}")
+    for key in ("base_pa", "root_pa", "vttbr", "vtcr", "granule", "size"):
+        if not isinstance(meta.get(key), int) or isinstance(meta.get(key), bool):
+            raise ValueError(f"sidecar {side!r}: {key!r} must be an integer")
+    return meta
+
+
+def open_exported(cls: type, path: Union[str, os.PathLike], *, vttbr: Optional[int] = None,
+                  vtcr: Optional[int] = None, xnx: Optional[bool] = None,
+                  fwb: Optional[bool] = None, allow_aliases: bool = False) -> "Stage2PageTable":
+    """Open an image written by export_image(): the raw pages plus PATH.json."""
+    from .physmem import PhysMem
+
+    meta = read_sidecar(path)
+    pm = PhysMem.from_file(path, meta["base_pa"])
+    return open_image(cls, pm, vttbr=meta["vttbr"] if vttbr is None else vttbr,
+                      vtcr=meta["vtcr"] if vtcr is None else vtcr,
+                      xnx=bool(meta.get("xnx", True)) if xnx is None else xnx,
+                      fwb=bool(meta.get("fwb", False)) if fwb is None else fwb,
+                      allow_aliases=allow_aliases)
+
+
+def export_image(pt: "Stage2PageTable", path: Union[str, os.PathLike]) -> dict:
+    """Write pt's table pages to PATH (raw, one segment from base_pa) and
+    PATH.json. An image-backed table is imported into a pool first, so its
+    tables move to pool addresses; leaves and translations do not change."""
+    if pt.read_only:
+        pt = pt.copy()
+    core = pt._core
+    pool = np.array(core.descriptors, copy=True).reshape(-1, pt.ptrs_per_table)
+    pool[core.refcounts <= 0] = 0           # freed pages: not part of the table
+    path = os.fspath(path)
+    with open(path, "wb") as f:
+        f.write(pool.astype("<u8", copy=False).tobytes())
+    meta = {
+        "format": IMAGE_FORMAT, "version": IMAGE_VERSION,
+        "base_pa": _walk.TABLE_PA_BASE, "root_pa": core.root_pa,
+        "vttbr": core.root_pa, "vtcr": pt.vtcr, "granule": pt.granule,
+        "size": int(pool.nbytes), "fwb": pt.fwb, "xnx": pt.xnx,
+    }
+    with open(path + ".json", "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    return meta
+
+
+def copy_table(pt: "Stage2PageTable", cls: type) -> "Stage2PageTable":
+    """A writable pool table with the same descriptors as pt (tables moved
+    to pool addresses, every other bit kept)."""
+    from .pgtable import geometry
+
+    g = pt.geometry
+    if not 32 <= g.ia_bits <= 48:
+        raise ValueError(f"a {g.ia_bits}-bit IPA space cannot be held in a pool "
+                         "(the kernel's stage 2 supports 32 to 48 bits)")
+    want = geometry(g.ia_bits, g.granule)
+    if (want.start_level, want.pgd_pages) != (g.start_level, g.pgd_pages):
+        raise ValueError(f"this table starts at level {g.start_level} with {g.pgd_pages} root pages; "
+                         f"KVM's tables for {g.ia_bits}-bit IPAs start at level {want.start_level} "
+                         f"with {want.pgd_pages}, so a pool cannot hold it")
+    core = pt._core
+    pages = scan_tables(core, g.start_level, core.root_pa, g.pgd_pages, g.granule,
+                        1 << (g.ia_bits - g.level_shift(g.start_level)))
+    pages = [p for p in pages if core.read_table(p[0]) is not None]
+    index = {pa: i for i, (pa, _, _) in enumerate(pages)}
+    out = np.zeros((len(pages), g.ptrs_per_table), dtype=np.uint64)
+    addr_bits = np.uint64(((1 << 48) - 1) & ~(g.granule - 1)) | (
+        np.uint64(0xF000) if g.granule == 65536 else np.uint64(0))
+    for i, (pa, level, _) in enumerate(pages):
+        page = np.array(core.read_table(pa), copy=True)
+        if level < 3:
+            idx = np.flatnonzero((page & np.uint64(3)) == np.uint64(3))
+            for j, child in zip(idx.tolist(), table_oa(page[idx], g.granule).tolist()):
+                if child in index:
+                    new = _walk.TABLE_PA_BASE + index[child] * g.granule
+                    page[j] = (page[j] & ~addr_bits) | np.uint64(new)
+        out[i] = page
+    new_pt = cls(g.ia_bits, granule=g.granule, fwb=pt.fwb, xnx=pt.xnx, tlb_range=pt.tlb_range)
+    new_pt._core.load_pages(out)
+    new_pt.reset_stats()
+    return new_pt

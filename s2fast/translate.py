@@ -1,0 +1,96 @@
+"""Architectural stage-2 translation: the result of the MMU's walk of a
+table for an IPA and an access kind (read, write, execute at EL1 or EL0),
+with the architectural fault and ESR_ELx.FSC when it fails."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from . import _walk
+
+TRANSLATE_DTYPE: np.dtype = _walk.TRANSLATE_DTYPE
+FSC_NONE = 0xFF        # the fsc of a row that did not fault
+
+
+class Access(enum.IntEnum):
+    READ = 0
+    WRITE = 1
+    EXEC_EL1 = 2
+    EXEC_EL0 = 3
+
+
+class Fault(enum.IntEnum):
+    """Fault kinds; each has an FSC base to which the level is added."""
+
+    NONE = 0
+    TRANSLATION = 1      # FSC 0x04 + level
+    ADDRESS_SIZE = 2     # FSC 0x00 + level
+    ACCESS_FLAG = 3      # FSC 0x08 + level
+    PERMISSION = 4       # FSC 0x0C + level
+    EXTERNAL = 5         # FSC 0x14 + level: synchronous external abort on a table walk
+
+
+@dataclass(frozen=True)
+class Translation:
+    """One translated IPA (a row of TRANSLATE_DTYPE); ``t["pa"]`` works too."""
+
+    ipa: int
+    ok: bool
+    pa: int
+    level: int
+    block_size: int
+    desc: int
+    readable: bool
+    writable: bool
+    exec_el1: bool
+    exec_el0: bool
+    fault: Fault
+    fault_level: int
+    fsc: int
+
+    @classmethod
+    def from_row(cls, row: np.void) -> "Translation":
+        vals = {f.name: row[f.name].item() for f in fields(cls)}
+        vals["fault"] = Fault(vals["fault"])
+        return cls(**vals)
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, name)
+
+    def __str__(self) -> str:
+        if self.ok:
+            perms = ("R" if self.readable else "-") + ("W" if self.writable else "-")
+            x = ",".join(el for el, on in (("el1", self.exec_el1), ("el0", self.exec_el0)) if on)
+            return (f"IPA {self.ipa:#x} -> PA {self.pa:#x} (level {self.level}, "
+                    f"{self.block_size:#x} bytes, {perms} X:{x or 'none'})")
+        return (f"IPA {self.ipa:#x}: {self.fault.name.lower().replace('_', ' ')} fault at level "
+                f"{self.fault_level} (FSC {self.fsc:#04x}, descriptor {self.desc:#x})")
+
+
+def parse_access(access: Any) -> int:
+    if isinstance(access, Access):
+        return int(access)
+    if isinstance(access, str):
+        try:
+            return int(Access[access.upper()])
+        except KeyError:
+            pass
+        raise ValueError(f"access {access!r} is not one of read, write, exec_el1, exec_el0")
+    raise TypeError(f"access must be a str or s2fast.Access, not {type(access).__name__} {access!r}")
+
+
+def as_ipas(ipas: Any) -> np.ndarray:
+    """IPAs as a contiguous uint64 array (no copy when they already are)."""
+    arr = np.asarray(ipas)
+    if arr.dtype == np.uint64:
+        return np.ascontiguousarray(arr).reshape(-1)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
+        if arr.size == 0 and arr.dtype == np.float64:      # np.asarray([])
+            return np.zeros(0, dtype=np.uint64)
+        raise TypeError(f"ipas must be integers, not an array of {arr.dtype}")
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"ipas holds a negative value {int(arr.min())}")
+    return np.ascontiguousarray(arr, dtype=np.uint64).reshape(-1)

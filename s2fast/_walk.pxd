@@ -191,4 +191,3 @@ cdef struct WalkData:
     bint skip_siblings
 
 cdef int kvm_pgtable_walk(PT *pt, u64 addr, u64 size, Walker *w) noexcept nogil
-cdef int walk_table(PT *pt, WalkData *d, u64 *table, int level) noexcept nogil

@@ -106,6 +106,48 @@ cdef enum:
 # ---------------------------------------------------------------------------
 # Geometry helpers
 
+# Per-granule specialisation: the walker's hot functions take a NULL pointer
+# of one of these tag types, so Cython emits one copy per granule in which
+# shifts, masks and PTRS_PER_PTE are compile-time constants. The run-time
+# Geom is used only outside those loops.
+cdef struct G4K:
+    char unused
+cdef struct G16K:
+    char unused
+cdef struct G64K:
+    char unused
+ctypedef fused Gran:
+    G4K
+    G16K
+    G64K
+
+cdef inline int g_page_shift(Gran *t) noexcept nogil:
+    if Gran is G4K:
+        return 12
+    elif Gran is G16K:
+        return 14
+    else:
+        return 16
+
+cdef inline int g_table_shift(Gran *t) noexcept nogil:
+    return g_page_shift(t) - 3
+
+cdef inline u64 g_ptrs(Gran *t) noexcept nogil:
+    return (<u64>1) << g_table_shift(t)
+
+cdef inline int g_level_shift(Gran *t, int level) noexcept nogil:
+    # ARM64_HW_PGTABLE_LEVEL_SHIFT(level)
+    return g_table_shift(t) * (4 - level) + 3
+
+cdef inline u64 g_level_size(Gran *t, int level) noexcept nogil:
+    return (<u64>1) << g_level_shift(t, level)
+
+cdef inline u64 g_pte_to_phys(Gran *t, u64 pte) noexcept nogil:
+    cdef u64 pa = pte & ((((<u64>1) << 48) - 1) & ~(((<u64>1) << g_page_shift(t)) - 1))
+    if Gran is G64K:
+        pa |= (pte & ADDR_51_48) << 36
+    return pa
+
 cdef inline int granule_shift(const Geom *g, int level) noexcept nogil:
     # ARM64_HW_PGTABLE_LEVEL_SHIFT(level)
     return g.table_shift * (4 - level) + 3
@@ -434,7 +476,7 @@ cdef inline bint should_enter(const Walker *w, int level, bint was_table, int hi
         return False
     return was_table or not (w.flags & F_SKIP_NEW_TABLE)
 
-cdef int visit_entry(PT *pt, WalkData *d, u64 *ptep, int level) noexcept nogil:
+cdef int visit_entry(Gran *t, PT *pt, WalkData *d, u64 *ptep, int level) noexcept nogil:
     # __kvm_pgtable_visit()
     cdef Walker *w = d.walker
     cdef Ctx ctx
@@ -477,17 +519,18 @@ cdef int visit_entry(PT *pt, WalkData *d, u64 *ptep, int level) noexcept nogil:
     if not walk_continue(w, ret):
         return ret
 
-    gs = granule_size(&pt.g, level)
+    gs = g_level_size(t, level)
     if not table:
         d.addr = align_down(d.addr, gs) + gs
     elif not should_enter(w, level, was_table, hint):
         # Not entered: move past everything the table maps.
         d.addr = align_down(d.addr, gs) + gs
     else:
-        child = follow(pt, &ctx, ctx.old)
+        child = table_at(pt, g_pte_to_phys(t, ctx.old))
         if child == NULL:
+            set_error(pt, ERR_OUTSIDE if pt.image else ERR_CORRUPT, ctx.addr, ctx.level, ctx.old)
             return S2_ECORRUPT
-        ret = walk_table(pt, d, child, level + 1)
+        ret = walk_table(t, pt, d, child, level + 1)
         if not walk_continue(w, ret):
             return ret
 
@@ -503,15 +546,15 @@ cdef int visit_entry(PT *pt, WalkData *d, u64 *ptep, int level) noexcept nogil:
         return 0
     return ret
 
-cdef int walk_last_level(PT *pt, WalkData *d, u64 *table, u64 idx) noexcept nogil:
+cdef int walk_last_level(Gran *t, PT *pt, WalkData *d, u64 *table, u64 idx) noexcept nogil:
     """The last level visited a whole run at a time: nothing there is a table,
     so each entry is one read, one LEAF callback and one reload, and the
     counters can be bumped in bulk. Only used with a built-in run function."""
     cdef Walker *w = d.walker
-    cdef int shift = pt.g.page_shift
+    cdef int shift = g_page_shift(t)
     cdef u64 gs = (<u64>1) << shift
     cdef u64 addr = align_down(d.addr, gs)
-    cdef u64 n = pt.g.ptrs - idx
+    cdef u64 n = g_ptrs(t) - idx
     cdef u64 left = (d.end - addr + gs - 1) >> shift
     cdef u64 done = 0
     cdef int ret = 0
@@ -544,27 +587,27 @@ cdef int walk_last_level(PT *pt, WalkData *d, u64 *table, u64 idx) noexcept nogi
     d.addr = addr + (done << shift)
     return 0
 
-cdef int walk_table(PT *pt, WalkData *d, u64 *table, int level) noexcept nogil:
+cdef int walk_table(Gran *t, PT *pt, WalkData *d, u64 *table, int level) noexcept nogil:
     # __kvm_pgtable_walk()
     cdef u64 idx, entry_addr, span
     cdef int ret = 0
     if level < -1 or level > LAST_LEVEL:
         warn(pt, W_WALK_LEVEL)
         return -EINVAL
-    idx = (d.addr >> granule_shift(&pt.g, level)) & (pt.g.ptrs - 1)
+    idx = (d.addr >> g_level_shift(t, level)) & (g_ptrs(t) - 1)
     if level == LAST_LEVEL and d.walker.run != NULL:
-        return walk_last_level(pt, d, table, idx)
-    while idx < pt.g.ptrs:
+        return walk_last_level(t, pt, d, table, idx)
+    while idx < g_ptrs(t):
         if d.addr >= d.end:
             break
         entry_addr = d.addr
-        ret = visit_entry(pt, d, table + idx, level)
+        ret = visit_entry(t, pt, d, table + idx, level)
         if ret:
             break
         if d.skip_siblings:
             # The rest of this table is skipped: go to the end of its span.
             d.skip_siblings = False
-            span = granule_size(&pt.g, level) << pt.g.table_shift
+            span = g_level_size(t, level) << g_table_shift(t)
             entry_addr = align_down(entry_addr, span) + span
             d.addr = entry_addr if entry_addr < d.end else d.end
             break
@@ -595,13 +638,22 @@ cdef int kvm_pgtable_walk(PT *pt, u64 addr, u64 size, Walker *w) noexcept nogil:
         return -ERANGE
     if not pt.has_pgd:
         return -EINVAL
-    idx = pgd_page_idx(pt, d.addr)
+    if pt.g.page_shift == 12:
+        return walk_root(<G4K *>NULL, pt, &d)
+    if pt.g.page_shift == 14:
+        return walk_root(<G16K *>NULL, pt, &d)
+    return walk_root(<G64K *>NULL, pt, &d)
+
+cdef int walk_root(Gran *t, PT *pt, WalkData *d) noexcept nogil:
+    # The concatenated root pages, one after the other.
+    cdef u64 idx = pgd_page_idx(pt, d.addr)
+    cdef int ret = 0
     while d.addr < d.end:
         if pt.pgd[idx] == NULL:
             # A root page outside memory (an image only).
             set_error(pt, ERR_OUTSIDE, d.addr, pt.g.start_level, pt.root_pa + (idx << pt.g.page_shift))
             return S2_ECORRUPT
-        ret = walk_table(pt, &d, pt.pgd[idx], pt.g.start_level)
+        ret = walk_table(t, pt, d, pt.pgd[idx], pt.g.start_level)
         if ret:
             break
         idx += 1
@@ -616,7 +668,11 @@ cdef int walk_unlinked(PT *pt, Walker *w, u64 *table, int level, u64 end) noexce
     d.start = 0
     d.addr = 0
     d.end = end
-    return walk_table(pt, &d, table, level)
+    if pt.g.page_shift == 12:
+        return walk_table(<G4K *>NULL, pt, &d, table, level)
+    if pt.g.page_shift == 14:
+        return walk_table(<G16K *>NULL, pt, &d, table, level)
+    return walk_table(<G64K *>NULL, pt, &d, table, level)
 
 # ---------------------------------------------------------------------------
 # Descriptor construction
@@ -1329,15 +1385,9 @@ cdef struct TCfg:
     u64 c_tag
     u64 *c_table
 
-cdef inline u64 oa_of(const Geom *g, u64 desc) noexcept nogil:
-    """Output (or next-table) address bits of a descriptor, 52-bit with 64 KiB."""
-    cdef u64 pa = desc & ((((<u64>1) << 48) - 1) & ~(((<u64>1) << g.page_shift) - 1))
-    if g.pa_51_48:
-        pa |= ((desc >> 12) & 0xF) << 48
-    return pa
-
-cdef inline bint oa_too_big(PT *pt, u64 desc) noexcept nogil:
-    cdef u64 oa = oa_of(&pt.g, desc)
+cdef inline bint oa_too_big(Gran *t, PT *pt, u64 desc) noexcept nogil:
+    # The output (or next-table) address, 52-bit with 64 KiB, against PS.
+    cdef u64 oa = g_pte_to_phys(t, desc)
     return pt.ps_bits < 52 and (oa >> pt.ps_bits) != 0
 
 cdef inline void t_fault(TRow *r, int kind, int level) noexcept nogil:
@@ -1346,7 +1396,7 @@ cdef inline void t_fault(TRow *r, int kind, int level) noexcept nogil:
     r.level = level
     r.fsc = FSC_BASE[kind] + level
 
-cdef void translate_one(PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept nogil:
+cdef void translate_one(Gran *t, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept nogil:
     cdef int level = pt.g.start_level
     cdef int shift
     cdef u64 idx, desc = 0, bs, xn
@@ -1362,21 +1412,21 @@ cdef void translate_one(PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept nogil:
     if cfg.root_too_big:
         t_fault(r, FAULT_ADDRESS_SIZE, level)
         return
-    shift = granule_shift(&pt.g, level)
-    if cfg.cached and (ipa >> (granule_shift(&pt.g, cfg.c_level) + pt.g.table_shift)) == cfg.c_tag:
+    shift = g_level_shift(t, level)
+    if cfg.cached and (ipa >> (g_level_shift(t, cfg.c_level) + g_table_shift(t))) == cfg.c_tag:
         level = cfg.c_level
         table = cfg.c_table
-        shift = granule_shift(&pt.g, level)
-        idx = (ipa >> shift) & (pt.g.ptrs - 1)
+        shift = g_level_shift(t, level)
+        idx = (ipa >> shift) & (g_ptrs(t) - 1)
     else:
         # The start level indexes the concatenated root pages as one table.
         idx = ipa >> shift if shift < 64 else 0
-        table = pt.pgd[idx >> pt.g.table_shift]
-        idx &= pt.g.ptrs - 1
+        table = pt.pgd[idx >> g_table_shift(t)]
+        idx &= g_ptrs(t) - 1
     while True:
         cfg.cached = True
         cfg.c_level = level
-        cfg.c_tag = ipa >> (shift + pt.g.table_shift) if shift + pt.g.table_shift < 64 else 0
+        cfg.c_tag = ipa >> (shift + g_table_shift(t)) if shift + g_table_shift(t) < 64 else 0
         cfg.c_table = table
         if table == NULL:
             t_fault(r, FAULT_EXTERNAL, level)
@@ -1388,23 +1438,23 @@ cdef void translate_one(PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept nogil:
             return
         if level == LAST_LEVEL or (desc & 3) == 1:
             break
-        if oa_too_big(pt, desc):
+        if oa_too_big(t, pt, desc):
             t_fault(r, FAULT_ADDRESS_SIZE, level)
             return
-        table = table_at(pt, oa_of(&pt.g, desc))
+        table = table_at(pt, g_pte_to_phys(t, desc))
         level += 1
-        shift = granule_shift(&pt.g, level)
-        idx = (ipa >> shift) & (pt.g.ptrs - 1)
+        shift = g_level_shift(t, level)
+        idx = (ipa >> shift) & (g_ptrs(t) - 1)
     if level < pt.g.min_block_level:
         t_fault(r, FAULT_TRANSLATION, level)
         return
-    if oa_too_big(pt, desc):
+    if oa_too_big(t, pt, desc):
         t_fault(r, FAULT_ADDRESS_SIZE, level)
         return
     r.level = level
     bs = (<u64>1) << shift
     r.block_size = bs
-    r.pa = (oa_of(&pt.g, desc) & ~(bs - 1)) | (ipa & (bs - 1))
+    r.pa = (g_pte_to_phys(t, desc) & ~(bs - 1)) | (ipa & (bs - 1))
     r.readable = (desc & S2AP_R) != 0
     r.writable = (desc & S2AP_W) != 0
     xn = (desc >> 53) & 3
@@ -1822,8 +1872,15 @@ cdef class Stage2Core:
         self.busy = True
         try:
             with nogil:
-                for i in range(n):
-                    translate_one(&self.pt, &cfg, ipas[i], &rows[i])
+                if self.pt.g.page_shift == 12:
+                    for i in range(n):
+                        translate_one(<G4K *>NULL, &self.pt, &cfg, ipas[i], &rows[i])
+                elif self.pt.g.page_shift == 14:
+                    for i in range(n):
+                        translate_one(<G16K *>NULL, &self.pt, &cfg, ipas[i], &rows[i])
+                else:
+                    for i in range(n):
+                        translate_one(<G64K *>NULL, &self.pt, &cfg, ipas[i], &rows[i])
         finally:
             self.busy = False
         return out

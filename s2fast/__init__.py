@@ -1,7 +1,10 @@
 """s2fast: an exact, fast simulator of the Linux KVM arm64 stage-2 page-table
 walker (arch/arm64/kvm/hyp/pgtable.c)."""
 from ._walk import BuiltinVisitor, CollectVisitor, CountVisitor, MemCache, VisitCtx
-from .errors import CorruptTableError, OutsideMemoryError, ReadOnlyTableError
+from .describe import Descriptor, describe
+from .dump import DumpRun, dump_runs, format_dump
+from .errors import CorruptTableError, OutsideMemoryError, PhysMemReadError, ReadOnlyTableError
+from .physmem import PhysMem, Segment
 from .flags import (E2BIG, EAGAIN, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM, ERANGE,
                     ERRNO_NAMES, RW, RWX, SKIP_CHILDREN, SKIP_SIBLINGS, TLBI_TTL_UNKNOWN, Prot,
                     WalkFlags)
@@ -12,7 +15,8 @@ from .variants import LeafRun, OutcomeDiff, Strategy, compare_outcomes
 __all__ = [
     "Stage2PageTable", "MemCache", "Stats", "Geometry", "geometry", "pte_prot",
     "WalkFlags", "Prot", "RW", "RWX", "VisitCtx", "BuiltinVisitor", "CountVisitor", "CollectVisitor",
-    "CorruptTableError", "OutsideMemoryError", "ReadOnlyTableError",
+    "CorruptTableError", "OutsideMemoryError", "ReadOnlyTableError", "PhysMemReadError",
+    "PhysMem", "Segment", "describe", "Descriptor", "DumpRun", "dump_runs", "format_dump",
     "Access", "Fault", "Translation", "TRANSLATE_DTYPE", "FSC_NONE", "Strategy", "compare_outcomes", "OutcomeDiff", "LeafRun",
     "SKIP_CHILDREN", "SKIP_SIBLINGS", "TLBI_TTL_UNKNOWN", "ERRNO_NAMES",
     "EPERM", "ENOENT", "E2BIG", "EAGAIN", "ENOMEM", "EFAULT", "EBUSY", "EEXIST", "EINVAL", "ERANGE",

@@ -2440,16 +2440,24 @@ cdef class Stage2Core:
                     n += self._count_image_tables(child, level + 1, seen)
         return n
 
-    def entries(self, bint valid):
+    def entries(self, bint valid, bint skip_unreadable=False):
         """Every valid leaf (valid=True) or every non-zero invalid entry
-        (valid=False), in IPA order, as a structured array."""
+        (valid=False), in IPA order, as a structured array. In an image, a
+        table outside memory raises OutsideMemoryError unless skip_unreadable
+        (pool tables skip corrupt descriptors, which walks report)."""
         cdef CollectData data
         cdef u64 i, n
         cdef int sl = self.pt.g.start_level
         cdef u64 span = granule_size(&self.pt.g, sl) << self.pt.g.table_shift
         self._check_idle()
         memset(&data, 0, sizeof(CollectData))
+        self.pt.err_kind = ERR_NONE
         try:
+            if self.pt.image and not skip_unreadable:
+                for i in range(self.pt.g.pgd_pages):
+                    if self.pt.pgd[i] == NULL:
+                        from .errors import OutsideMemoryError
+                        raise OutsideMemoryError(i * span, sl, self.pt.root_pa + (i << self.pt.g.page_shift))
             if self.pt.has_pgd:
                 # busy: no other thread may change the table while the GIL is released
                 self.busy = True
@@ -2461,6 +2469,11 @@ cdef class Stage2Core:
                                               self._root_entries())
                 finally:
                     self.busy = False
+            if self.pt.err_kind == ERR_OUTSIDE:
+                self.pt.err_kind = ERR_NONE
+                if not skip_unreadable:
+                    from .errors import OutsideMemoryError
+                    raise OutsideMemoryError(self.pt.err_ipa, self.pt.err_level, self.pt.err_desc)
             if data.failed:
                 raise MemoryError("out of memory collecting leaves")
             n = data.n
@@ -2490,6 +2503,8 @@ cdef class Stage2Core:
                 child = table_at(&self.pt, pte_to_phys(&self.pt.g, pte))
                 if child != NULL:
                     self._collect(data, child, level + 1, ipa + (i << shift), valid, self.pt.g.ptrs)
+                elif self.pt.image:
+                    set_error(&self.pt, ERR_OUTSIDE, ipa + (i << shift), level, pte)
             elif (pte & PTE_VALID) == valid:
                 collect_push(data, ipa + (i << shift), level, pte)
 

@@ -2,8 +2,10 @@
 
 ``s2fast compare`` runs a dirty-logging workload (or a preset that
 re-creates one of the RFC series' experiments) under every walker strategy
-and prints one table; ``s2fast presets`` lists the presets. Bad arguments
-get a one-line error and exit code 2."""
+and prints one table; ``s2fast presets`` lists the presets; ``s2fast dump``
+lists a stage-2 table (a built-in guest, an exported image or an ELF core)
+like the kernel's stage-2 ptdump. Bad arguments get a one-line error and
+exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -64,6 +66,20 @@ def _count_arg(name: str, lo: int = 0):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if v < lo:
             raise argparse.ArgumentTypeError(f"{v} is less than {lo}")
+        return v
+    parse.__name__ = name
+    return parse
+
+
+def _reg_arg(name: str):
+    """A register value or address in any base (0x..., 0o..., 0b..., decimal)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text.replace("_", ""), 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer (e.g. 0x40000000)") from None
+        if not 0 <= v < 1 << 64:
+            raise argparse.ArgumentTypeError(f"{text} is outside 0..2**64-1")
         return v
     parse.__name__ = name
     return parse
@@ -132,6 +148,39 @@ def build_parser() -> argparse.ArgumentParser:
     bar.add_argument("--no-progress", dest="progress", action="store_false")
 
     sub.add_parser("presets", help="list the presets that re-create the series' experiments")
+
+    d = sub.add_parser("dump", help="list a stage-2 table like the kernel's stage-2 ptdump",
+                       description="One line per run of contiguous IPA with identical attributes. The table is "
+                                   "a built-in guest (default), an exported image (--image) or a table in an "
+                                   "ELF core (--elf with --vttbr and --vtcr).")
+    src = d.add_argument_group("source")
+    src.add_argument("--guest-size", type=_size_arg("--guest-size"), default=None, metavar="SIZE",
+                     help="built-in guest: memory mapped from IPA 0x40000000 (default 4G)")
+    src.add_argument("--backing", default=None, metavar="SIZE",
+                     help="built-in guest: 1G blocks, 2M blocks or 4K pages (default 2M)")
+    where = src.add_mutually_exclusive_group()
+    where.add_argument("--image", default=None, metavar="FILE",
+                       help="a memory image: an export_image() file with its FILE.json sidecar, or any raw "
+                            "image with --base-pa, --vttbr and --vtcr")
+    where.add_argument("--elf", default=None, metavar="CORE",
+                       help="an ELF core (kdump vmcore, QEMU dump-guest-memory); needs --vttbr and --vtcr")
+    src.add_argument("--vttbr", type=_reg_arg("--vttbr"), default=None, metavar="X",
+                     help="VTTBR_EL2 as read from the CPU (VMID and CnP are ignored)")
+    src.add_argument("--vtcr", type=_reg_arg("--vtcr"), default=None, metavar="X", help="VTCR_EL2")
+    src.add_argument("--base-pa", type=_reg_arg("--base-pa"), default=None, metavar="X",
+                     help="--image: physical address of the file's first byte (default: the sidecar's, or 0)")
+    attrs = d.add_argument_group("attributes")
+    xg = attrs.add_mutually_exclusive_group()
+    xg.add_argument("--xnx", dest="xnx", action="store_true", default=None,
+                    help="the CPU has FEAT_XNX: XN[0] separates EL1 and EL0 execute (default: the "
+                         "sidecar's setting, on for other images, off for the built-in guest)")
+    xg.add_argument("--no-xnx", dest="xnx", action="store_false", help="only XN[1] counts")
+    fg = attrs.add_mutually_exclusive_group()
+    fg.add_argument("--fwb", dest="fwb", action="store_true", default=None,
+                    help="MemAttr uses the FEAT_S2FWB encodings (HCR_EL2.FWB set)")
+    fg.add_argument("--no-fwb", dest="fwb", action="store_false",
+                    help="the KVM encodings without FWB (default, unless a sidecar says otherwise)")
+    d.add_argument("--json", action="store_true", help="print a JSON list of runs instead of the table")
     return p
 
 
@@ -383,6 +432,96 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+DUMP_BACKINGS = {"1g": 1 << 30, "2m": 2 << 20, "4k": 4 << 10}
+DUMP_BASE = 1 << 30
+
+
+def _dump_pool(args: argparse.Namespace) -> Any:
+    """The built-in guest: ``--guest-size`` of RW memory at 1 GiB in a
+    40-bit IPA space, mapped with the ``--backing`` block or page size."""
+    from .flags import RW
+    from .pgtable import Stage2PageTable
+    from ._walk import MemCache
+
+    size = 4 << 30 if args.guest_size is None else args.guest_size
+    backing = "2m" if args.backing is None else args.backing.strip().lower()
+    if backing not in DUMP_BACKINGS:
+        raise UsageError(f"--backing: {args.backing!r} is not one of 1G, 2M, 4K")
+    unit = DUMP_BACKINGS[backing]
+    if size == 0 or size % unit:
+        raise UsageError(f"--guest-size {format_size(size)} is not a positive multiple of the {backing} backing")
+    if DUMP_BASE + size > 1 << 40:
+        raise UsageError(f"--guest-size {format_size(size)} does not fit a 40-bit IPA space from {DUMP_BASE:#x}")
+    pt = Stage2PageTable(40, xnx=bool(args.xnx), fwb=bool(args.fwb))
+    # 2M backing: output addresses 2 MiB aligned but not 1 GiB aligned, so
+    # the kernel's map() picks 2 MiB blocks; 1G: everything 1 GiB aligned.
+    phys = (1 << 40) + DUMP_BASE + (2 << 20 if backing == "2m" else 0)
+    ret = pt.map(DUMP_BASE, size, phys, RW, memcache=MemCache(0, on_empty="allocate"), force_pte=backing == "4k")
+    if ret:
+        raise UsageError(f"mapping the guest failed with {ret}")
+    return pt
+
+
+def _dump_table(args: argparse.Namespace) -> Any:
+    """The table to list, from the command line's source options."""
+    from .pgtable import Stage2PageTable
+    from .physmem import PhysMem
+
+    external = args.image is not None or args.elf is not None
+    if external and (args.guest_size is not None or args.backing is not None):
+        raise UsageError("--guest-size and --backing describe the built-in guest; they cannot be combined "
+                         "with --image or --elf")
+    if not external:
+        for flag in ("vttbr", "vtcr", "base_pa"):
+            if getattr(args, flag) is not None:
+                raise UsageError(f"--{flag.replace('_', '-')} needs --image or --elf")
+        return _dump_pool(args)
+    if args.elf is not None and args.base_pa is not None:
+        raise UsageError("--base-pa applies to --image; an ELF core gives each segment's physical address")
+    kw = {k: getattr(args, k) for k in ("xnx", "fwb") if getattr(args, k) is not None}
+    try:
+        if args.elf is not None:
+            if args.vttbr is None or args.vtcr is None:
+                raise UsageError("--elf needs --vttbr and --vtcr (the registers of the vCPU whose stage 2 "
+                                 "to list)")
+            return Stage2PageTable.from_image(PhysMem.from_elf(args.elf), vttbr=args.vttbr, vtcr=args.vtcr, **kw)
+        if not os.path.exists(args.image):
+            raise UsageError(f"--image: no such file: {args.image!r}")
+        sidecar = os.path.exists(args.image + ".json")
+        if sidecar and args.base_pa is None:
+            return Stage2PageTable.from_image(args.image, vttbr=args.vttbr, vtcr=args.vtcr, **kw)
+        meta: dict[str, Any] = {}
+        if sidecar:
+            from .image import read_sidecar
+            meta = read_sidecar(args.image)
+        vttbr = args.vttbr if args.vttbr is not None else meta.get("vttbr")
+        vtcr = args.vtcr if args.vtcr is not None else meta.get("vtcr")
+        if vttbr is None or vtcr is None:
+            raise UsageError(f"--image {args.image!r} has no sidecar {args.image + '.json'!r}: give --vttbr "
+                             "and --vtcr (and --base-pa unless the file starts at PA 0)")
+        base = args.base_pa if args.base_pa is not None else meta.get("base_pa", 0)
+        if sidecar:
+            kw.setdefault("xnx", bool(meta.get("xnx", True)))
+            kw.setdefault("fwb", bool(meta.get("fwb", False)))
+        return Stage2PageTable.from_image(PhysMem.from_file(args.image, base), vttbr=vttbr, vtcr=vtcr, **kw)
+    except (OSError, ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from .dump import format_dump
+    from .errors import CorruptTableError, PhysMemReadError
+
+    pt = _dump_table(args)
+    try:
+        text = format_dump(pt, json=args.json)
+    except (CorruptTableError, PhysMemReadError) as e:
+        err.write(f"s2fast: error: the table cannot be walked: {e}\n")
+        return 1
+    out.write(text + "\n")
+    return 0
+
+
 def _checked(fn: Any, *a: Any, **kw: Any) -> Any:
     """Build a workload from the command line: the workload layer's
     ValueError / TypeError (which name the bad value) become usage errors."""
@@ -409,9 +548,11 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
         except SystemExit as e:   # --help, --version
             return int(e.code or 0)
         if args.command is None:
-            raise UsageError("a command is required: compare or presets (see s2fast --help)")
+            raise UsageError("a command is required: compare, presets or dump (see s2fast --help)")
         if args.command == "presets":
             return cmd_presets(out)
+        if args.command == "dump":
+            return cmd_dump(args, out, err)
         return cmd_compare(args, out, err)
     except UsageError as e:
         err.write(f"s2fast: error: {e}\n")

@@ -321,13 +321,15 @@ class Stage2PageTable:
     def reset_stats(self) -> None:
         self._core.reset_stats()
 
-    def leaves(self) -> np.ndarray:
-        """Every valid leaf as a structured array (ipa, level, pte) in IPA order."""
-        return self._core.entries(True)
+    def leaves(self, *, skip_unreadable: bool = False) -> np.ndarray:
+        """Every valid leaf as a structured array (ipa, level, pte) in IPA order.
+        In an image, a table outside memory raises OutsideMemoryError unless
+        ``skip_unreadable`` (then what it would map is left out)."""
+        return self._core.entries(True, _bool_arg("skip_unreadable", skip_unreadable))
 
-    def annotations(self) -> np.ndarray:
+    def annotations(self, *, skip_unreadable: bool = False) -> np.ndarray:
         """Every non-zero invalid entry (owner annotations, locked entries)."""
-        return self._core.entries(False)
+        return self._core.entries(False, _bool_arg("skip_unreadable", skip_unreadable))
 
     def table_pages(self) -> int:
         """Table pages reachable from the root, root pages included."""

@@ -272,3 +272,32 @@ def test_sidecar_errors(tmp_path):
     (tmp_path / "img.json").unlink()
     with pytest.raises(ValueError, match="no sidecar"):
         Stage2PageTable.from_image(tmp_path / "img")
+
+
+@pytest.mark.parametrize("granule", [4096, 16384, 65536])
+def test_elf_core_opened_by_path(tmp_path, granule):
+    """A core file with the table pages in two PT_LOADs (and some guest RAM
+    between them), opened by path: the same leaves, translations and dump
+    as the pool table it was written from."""
+    from elfcore import write_elf_core
+
+    pt = Stage2PageTable(40, granule=granule, xnx=True)
+    mc = MemCache(0, on_empty="allocate")
+    big = pt.geometry.level_size(2)
+    assert pt.map(4 * big, 3 * big, 1 << 40, s2fast.RW, memcache=mc) == 0
+    assert pt.map(16 * big, 8 * granule, 1 << 41, s2fast.RWX, memcache=mc, force_pte=True) == 0
+    assert pt.set_owner(32 * big, 4 * granule, 1, mc) == 0
+    raw = np.array(pt.descriptors).view(np.uint8)
+    base = s2fast._walk.TABLE_PA_BASE
+    cut = 2 * granule
+    path = tmp_path / "vmcore"
+    write_elf_core(path, [(0x4000_0000, bytes(64 << 10)), (base, raw[:cut]), (base + cut, raw[cut:])])
+    pm = PhysMem.from_elf(str(path))
+    assert len(pm.segments) == 3
+    im = Stage2PageTable.from_image(pm, vttbr=pt.root_pa | (5 << 48), vtcr=pt.vtcr, xnx=True)
+    assert (im.leaves() == pt.leaves()).all() and (im.annotations() == pt.annotations()).all()
+    ipas = np.arange(0, 40 * big, granule // 2 + 8, dtype=np.uint64)
+    for acc in ("read", "write", "exec_el1", "exec_el0"):
+        assert (im.translate_batch(ipas, acc) == pt.translate_batch(ipas, acc)).all()
+    assert im.dump() == pt.dump()
+    assert im.translate(16 * big + 5).pa == (1 << 41) + 5

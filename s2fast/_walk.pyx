@@ -285,9 +285,16 @@ cdef inline u64 page_pa(PT *pt, u64 page) noexcept nogil:
 cdef u64 *image_table(PT *pt, u64 pa) noexcept nogil:
     """The host address of the table page at pa in external memory, or NULL
     if the page is not wholly inside one segment (a read outside memory)."""
+    if pa & (((<u64>1) << pt.g.page_shift) - 1):
+        return NULL
+    return image_ptr(pt, pa, (<u64>1) << pt.g.page_shift)
+
+cdef u64 *image_ptr(PT *pt, u64 pa, u64 nbytes) noexcept nogil:
+    """The host address of [pa, pa + nbytes) if one segment holds it all and
+    pa is 8-byte aligned, else NULL."""
     cdef int lo = 0, hi = pt.nsegs, mid
-    cdef u64 gsz = (<u64>1) << pt.g.page_shift
-    if pa & (gsz - 1):
+    cdef u64 gsz = nbytes
+    if pa & 7:
         return NULL
     # Segments are sorted by PA and disjoint: find the last one starting at or below pa.
     while hi - lo > 1:
@@ -1384,6 +1391,8 @@ cdef struct TCfg:
     int c_level
     u64 c_tag
     u64 *c_table
+    u64 c_tpa               # that table's PA
+    u64 c_desc              # the descriptor that led to it (0 at the start level)
 
 cdef inline bint oa_too_big(Gran *t, PT *pt, u64 desc) noexcept nogil:
     # The output (or next-table) address, 52-bit with 64 KiB, against PS.
@@ -1399,8 +1408,9 @@ cdef inline void t_fault(TRow *r, int kind, int level) noexcept nogil:
 cdef void translate_one(Gran *t, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept nogil:
     cdef int level = pt.g.start_level
     cdef int shift
-    cdef u64 idx, desc = 0, bs, xn
+    cdef u64 idx, desc = 0, bs, xn, tpa
     cdef u64 *table
+    cdef u64 *entry
     cdef bint allowed
     memset(r, 0, sizeof(TRow))
     r.ipa = ipa
@@ -1416,22 +1426,36 @@ cdef void translate_one(Gran *t, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept n
     if cfg.cached and (ipa >> (g_level_shift(t, cfg.c_level) + g_table_shift(t))) == cfg.c_tag:
         level = cfg.c_level
         table = cfg.c_table
+        tpa = cfg.c_tpa
+        desc = cfg.c_desc
+        r.desc = desc
         shift = g_level_shift(t, level)
         idx = (ipa >> shift) & (g_ptrs(t) - 1)
     else:
         # The start level indexes the concatenated root pages as one table.
         idx = ipa >> shift if shift < 64 else 0
         table = pt.pgd[idx >> g_table_shift(t)]
+        tpa = pt.root_pa + ((idx >> g_table_shift(t)) << g_page_shift(t))
         idx &= g_ptrs(t) - 1
     while True:
         cfg.cached = True
         cfg.c_level = level
         cfg.c_tag = ipa >> (shift + g_table_shift(t)) if shift + g_table_shift(t) < 64 else 0
         cfg.c_table = table
-        if table == NULL:
+        cfg.c_tpa = tpa
+        cfg.c_desc = desc
+        if table != NULL:
+            entry = table + idx
+        elif pt.image:
+            # The page is not wholly in memory: the MMU reads one descriptor,
+            # which may still be there (an image cut short).
+            entry = image_ptr(pt, tpa + idx * 8, 8)
+        else:
+            entry = NULL
+        if entry == NULL:
             t_fault(r, FAULT_EXTERNAL, level)
             return
-        desc = table[idx]
+        desc = entry[0]
         r.desc = desc
         if not (desc & PTE_VALID) or (level == LAST_LEVEL and (desc & 3) == 1):
             t_fault(r, FAULT_TRANSLATION, level)
@@ -1441,7 +1465,8 @@ cdef void translate_one(Gran *t, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept n
         if oa_too_big(t, pt, desc):
             t_fault(r, FAULT_ADDRESS_SIZE, level)
             return
-        table = table_at(pt, g_pte_to_phys(t, desc))
+        tpa = g_pte_to_phys(t, desc)
+        table = table_at(pt, tpa)
         level += 1
         shift = g_level_shift(t, level)
         idx = (ipa >> shift) & (g_ptrs(t) - 1)
@@ -1846,8 +1871,10 @@ cdef class Stage2Core:
         self._image_keep = list(segments)
         self.pt.image = True
         gsz = (<u64>1) << page_shift
+        # A root smaller than a page (few IPA bits) need only be that big.
         for i in range(<Py_ssize_t>pgd_pages):
-            self.pt.pgd[i] = image_table(&self.pt, root_pa + <u64>i * gsz)
+            self.pt.pgd[i] = image_ptr(&self.pt, root_pa + <u64>i * gsz,
+                                       min(gsz, self._root_entries() * 8))
         self.pt.has_pgd = True
 
     def translate(self, const u64[::1] ipas, int access, bint ha, bint xnx):

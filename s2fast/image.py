@@ -77,7 +77,14 @@ def decode_vtcr(vtcr: int) -> Vtcr:
         raise ValueError(f"vtcr {vtcr:#x}: TG0 {tg0:#b} is a reserved granule encoding")
     if ps not in PS_BITS:
         raise ValueError(f"vtcr {vtcr:#x}: PS {ps} is a reserved output-size encoding")
-    v = Vtcr(vtcr, t0sz, sl0, TG0_GRANULE[tg0], PS_BITS[ps], bool(vtcr >> 21 & 1))
+    granule = TG0_GRANULE[tg0]
+    ds = vtcr >> 32 & 1
+    if ds and granule != 65536:
+        raise ValueError(f"vtcr {vtcr:#x}: DS=1 selects the FEAT_LPA2 descriptor format, "
+                         "which is not supported")
+    # Without LPA2, 4 and 16 KiB descriptors hold 48 address bits: PS=52 reads as 48.
+    ps_bits = 48 if PS_BITS[ps] == 52 and granule != 65536 else PS_BITS[ps]
+    v = Vtcr(vtcr, t0sz, sl0, granule, ps_bits, bool(vtcr >> 21 & 1))
     ia, level, stride = v.ia_bits, v.start_level, v.page_shift - 3
     if not 25 <= ia <= 48:
         raise ValueError(f"vtcr {vtcr:#x}: T0SZ {t0sz} gives a {ia}-bit IPA space; "
@@ -92,9 +99,6 @@ def decode_vtcr(vtcr: int) -> Vtcr:
     if bad_level or not 1 <= start_bits <= stride + 4:
         raise ValueError(f"vtcr {vtcr:#x}: a {ia}-bit IPA space cannot start at level {level} "
                          f"with {v.granule // 1024} KiB pages (SL0 {sl0})")
-    if v.ps_bits == 52 and v.granule != 65536:
-        raise ValueError(f"vtcr {vtcr:#x}: 52-bit output addresses with {v.granule // 1024} KiB "
-                         "pages need FEAT_LPA2, which is not supported")
     return v
 
 

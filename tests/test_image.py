@@ -171,7 +171,7 @@ def test_43_bit_ipa_with_16_concatenated_pages():
     (vtcr(38, 2), "cannot start at level 0"),       # 26 bits from level 0
     (vtcr(10, 2), "IPA space"),                     # 54 bits
     (vtcr(24, 3), "FEAT_TTST"),
-    (vtcr(24, 1, ps=6), "FEAT_LPA2"),
+    (vtcr(24, 1) | 1 << 32, "FEAT_LPA2"),
 ])
 def test_bad_vtcr_is_a_clear_value_error(value, match):
     mem, base, root = image_40bit()

@@ -157,3 +157,37 @@ def test_from_image_1g_open(benchmark, image_1g):
                                 meets_target=best < TARGET_OPEN_S, rss_anon_growth_bytes=anon_growth)
     # No copy: three opens of a 1 GiB image add far less anonymous memory than one image.
     assert anon_growth < 64 << 20, f"anonymous RSS grew by {anon_growth >> 20} MiB: the image was copied"
+
+
+# -- walking an image at the pool's speed ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def guest_image(guest, tmp_path_factory):
+    """The 64 GiB guest's tables exported and opened memory-mapped."""
+    path = tmp_path_factory.mktemp("img64") / "guest64g"
+    guest.export_image(path)
+    return Stage2PageTable.from_image(str(path))
+
+
+@pytest.mark.parametrize("where", ["pool", "image"])
+def test_count_walk_pool_vs_image(benchmark, guest, guest_image, where):
+    """A built-in counting LEAF walk of all 64 GiB, on the pool table and on
+    the same tables in a memory-mapped image (ratio: image time / pool time
+    of the two rows of one run)."""
+    pt = guest if where == "pool" else guest_image
+    cv = s2fast.CountVisitor()
+
+    def run():
+        cv.reset()
+        return pt.walk(0, GUEST, cv)
+
+    assert benchmark(run) == 0
+    assert cv.valid == {3: GUEST // 4096}
+    benchmark.extra_info["entries_per_s"] = (GUEST // 4096) / benchmark.stats.stats.min
+
+
+@pytest.mark.parametrize("where", ["pool", "image"])
+def test_leaves_pool_vs_image(benchmark, guest, guest_image, where):
+    pt = guest if where == "pool" else guest_image
+    out = benchmark.pedantic(pt.leaves, rounds=3, iterations=1)
+    assert out.size == GUEST // 4096

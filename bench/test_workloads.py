@@ -121,6 +121,41 @@ def test_clear_pass_2(benchmark, size, backing, strategy):
     assert 0 < d["mask_words"] <= WRITES
 
 
+HOSTS = {"16k": (16384, "32m"), "64k": (65536, "512m")}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=lambda s: s.name)
+@pytest.mark.parametrize("phase", ["enable", "clear1"])
+@pytest.mark.parametrize("host", list(HOSTS))
+def test_granule_64g(benchmark, host, phase, strategy):
+    """A 64 GiB guest of PMD blocks on a 16 KiB (32 MiB blocks) or 64 KiB
+    (512 MiB blocks) host, chunk PMD_SIZE: enabling dirty logging without
+    initially-all-set, or the first CLEAR with it (64 host pages a word)."""
+    granule, backing = HOSTS[host]
+    size = 64 * GiB
+    state = {}
+
+    def setup():
+        vm = VM(granule=granule, strategy=strategy, eager_split_chunk=vm_pmd(granule),
+                initially_set=phase == "clear1")
+        vm.add_memslot(size, backing)
+        if phase == "clear1":
+            vm.enable_dirty_logging()
+        state["vm"], state["before"] = vm, vm.snapshot()
+
+    step = (lambda: state["vm"].enable_dirty_logging()) if phase == "enable" else \
+        (lambda: state["vm"].clear_dirty_log())
+    benchmark.pedantic(step, setup=setup, rounds=2, iterations=1)
+    d = costs(benchmark, state["before"], state["vm"].snapshot(), host=host, phase=phase, strategy=strategy.name)
+    assert d["pages_alloc"] == size // vm_pmd(granule)
+    if phase == "clear1":
+        assert d["mask_words"] == size // (64 * granule)
+
+
+def vm_pmd(granule):
+    return (granule // 8) * granule
+
+
 @pytest.mark.parametrize("size", list(SIZES), ids=str)
 def test_guest_write_faults(benchmark, size):
     """Write faults after the first CLEAR: every write is a permission

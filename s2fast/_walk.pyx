@@ -1851,6 +1851,8 @@ cdef class Stage2Core:
         self.pt.ps_bits = ps_bits
         self.pt.ha = ha
         self.pt.root_pa = root_pa
+        free(self.pt.segs)          # a previous call that failed part-way
+        self.pt.nsegs = 0
         self.pt.segs = <Seg *>malloc((n if n else 1) * sizeof(Seg))
         if self.pt.segs == NULL:
             raise MemoryError()
@@ -1958,14 +1960,22 @@ cdef class Stage2Core:
     def ha(self):
         return bool(self.pt.ha)
 
-    def read_table(self, u64 pa):
+    def read_table(self, u64 pa, u64 entries=0):
         """A read-only uint64 view of the table page at pa (pool or image),
-        or None when no table page is there."""
-        cdef u64 *t = table_at(&self.pt, pa)
+        or None when no table page is there. entries (images only): read just
+        that many entries, at 8-byte alignment (a root smaller than a page)."""
+        cdef u64 *t
         cdef cnp.npy_intp dims[1]
+        if entries and self.pt.image:
+            if entries > self.pt.g.ptrs:
+                raise ValueError(f"entries {entries} is more than a table holds")
+            t = image_ptr(&self.pt, pa, entries * 8)
+        else:
+            t = table_at(&self.pt, pa)
+            entries = self.pt.g.ptrs
         if t == NULL:
             return None
-        dims[0] = <cnp.npy_intp>self.pt.g.ptrs
+        dims[0] = <cnp.npy_intp>entries
         arr = cnp.PyArray_SimpleNewFromData(1, dims, cnp.NPY_UINT64, <void *>t)
         Py_INCREF(self)
         cnp.PyArray_SetBaseObject(arr, self)
@@ -2413,7 +2423,8 @@ cdef class Stage2Core:
                     n += 1
             for i in range(self.pt.g.pgd_pages):
                 if self.pt.pgd[i] != NULL:
-                    n += self._count_image_tables(self.pt.pgd[i], self.pt.g.start_level, seen_pa)
+                    n += self._count_image_tables(self.pt.pgd[i], self.pt.g.start_level, seen_pa,
+                                                  self._root_entries())
             return n
         # seen[page]: bit 7 once counted; bit level+1 once walked at that
         # level (a visitor may alias a page at several levels).
@@ -2446,13 +2457,14 @@ cdef class Stage2Core:
                                             level + 1, seen)
         return n
 
-    cdef u64 _count_image_tables(self, u64 *table, int level, dict seen):
+    cdef u64 _count_image_tables(self, u64 *table, int level, dict seen, u64 count):
+        # count: entries of this table inside the IPA space (see _collect).
         cdef u64 i, n = 0, pte, pa
         cdef u64 *child
         cdef int bits, bit = 1 << (level + 2)
         if level >= LAST_LEVEL:
             return 0
-        for i in range(self.pt.g.ptrs):
+        for i in range(count):
             pte = table[i]
             if pte_table(pte, level):
                 pa = pte_to_phys(&self.pt.g, pte)
@@ -2464,7 +2476,7 @@ cdef class Stage2Core:
                     n += 1
                 seen[pa] = bits | 0x80 | bit
                 if not (bits & bit):
-                    n += self._count_image_tables(child, level + 1, seen)
+                    n += self._count_image_tables(child, level + 1, seen, self.pt.g.ptrs)
         return n
 
     def entries(self, bint valid, bint skip_unreadable=False):

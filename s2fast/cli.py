@@ -20,8 +20,8 @@ from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
 from .variants import Strategy
-from .vm import (PATTERNS, PRESETS, Comparison, PresetResult, Workload, compare, format_size, parse_size,
-                 run_preset)
+from .vm import (PATTERNS, PRESETS, Comparison, PresetResult, Workload, compare, format_size, host_rules,
+                 parse_size, run_preset)
 
 DEFAULTS = Workload()
 
@@ -46,6 +46,17 @@ def _size_arg(name: str):
             raise argparse.ArgumentTypeError(str(e)) from None
     parse.__name__ = name
     return parse
+
+
+def _granule_arg(text: str) -> int:
+    """--granule: the host page size, 4K, 16K or 64K (or its bytes)."""
+    try:
+        return host_rules(text).granule
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+_granule_arg.__name__ = "--granule"
 
 
 def _sizes_arg(text: str) -> list[int]:
@@ -109,10 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     w = c.add_argument_group("workload")
     w.add_argument("--guest-size", type=_size_arg("--guest-size"), default=None, metavar="SIZE",
                    help=f"guest memory, e.g. 64G, 256G (default {format_size(DEFAULTS.guest_size)})")
+    w.add_argument("--granule", type=_granule_arg, default=None, metavar="SIZE",
+                   help="host page size, which is the stage-2 granule: 4K (default), 16K or 64K")
     w.add_argument("--backing", default=None, metavar="SPEC",
-                   help="1g (hugetlb), 2m (THP), 4k (already split) or mix:1g=P,2m=P,4k=P (default 1g)")
+                   help="1g (hugetlb), 2m (THP), 4k (already split) or mix:1g=P,2m=P,4k=P (default 1g); "
+                        "16K hosts: 32m, 16k; 64K hosts: 512m, 64k (default: the largest block)")
     w.add_argument("--chunk", type=_size_arg("--chunk"), default=None, metavar="SIZE",
-                   help="eager-split chunk size: 0 (off), 4K, 2M or 1G (default 2M)")
+                   help="eager-split chunk size: 0 (off), 4K, 2M or 1G (default 2M); 16K hosts: 16K or "
+                        "32M; 64K hosts: 64K or 512M (default: PMD_SIZE)")
     w.add_argument("--passes", type=_count_arg("--passes"), default=None, metavar="N",
                    help=f"CLEAR_DIRTY_LOG passes (default {DEFAULTS.passes})")
     w.add_argument("--writes", type=_count_arg("--writes"), default=None, metavar="N",
@@ -302,7 +317,7 @@ class ProgressBar:
 
 def _workload(args: argparse.Namespace, guest_size: Optional[int] = None) -> Workload:
     given = {k: getattr(args, k) for k in ("guest_size", "backing", "chunk", "passes", "writes", "pattern",
-                                           "seed", "initially_set") if getattr(args, k) is not None}
+                                           "seed", "initially_set", "granule") if getattr(args, k) is not None}
     if guest_size is not None:
         given["guest_size"] = guest_size
     if args.tlb_range:
@@ -365,7 +380,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.preset != "all" and args.preset not in PRESETS:
             raise UsageError(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)} or all")
         names = list(PRESETS) if args.preset == "all" else [args.preset]
-        for flag in ("guest_size", "backing", "initially_set"):
+        for flag in ("guest_size", "backing", "initially_set", "granule"):
             if getattr(args, flag) is not None:
                 raise UsageError(f"--{flag.replace('_', '-')} cannot be combined with --preset (the preset fixes it)")
         if args.tlb_range or args.fwb:
@@ -398,7 +413,8 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     workload = _checked(_workload, args)
     sizes = [workload.guest_size]
     if args.plot is not None:
-        sizes = args.plot_sizes or sorted({max(2 << 20, (workload.guest_size // k) >> 21 << 21) for k in (4, 2, 1)})
+        unit = host_rules(workload.granule).unit
+        sizes = args.plot_sizes or sorted({max(unit, workload.guest_size // k // unit * unit) for k in (4, 2, 1)})
         for s in sizes:   # check every size before the long run
             _checked(workload.replace, guest_size=s)
     bar = _progress(args, err)

@@ -109,7 +109,8 @@ def decode_vttbr(vttbr: int, v: Vtcr) -> int:
     vttbr = _reg("vttbr", vttbr)
     root = vttbr & ((1 << 48) - 1) & ~(v.root_align - 1) & ~1
     if v.ps_bits == 52:
-        root |= ((vttbr >> 2) & 0xF) << 48
+        # Bits 5:2 are BADDR[51:48], so the root is at least 64-byte aligned.
+        root = (root & ~0x3F) | ((vttbr >> 2) & 0xF) << 48
     return root
 
 
@@ -136,6 +137,15 @@ def table_oa(desc: np.ndarray, granule: int) -> np.ndarray:
     return pa
 
 
+def read_page(core: Any, pa: int, is_root: bool, root_entries: int, ptrs: int) -> Optional[np.ndarray]:
+    """A table's entries; for a root page only those inside the IPA space
+    (a root smaller than a page need only be that big, at any 8-byte
+    alignment its size allows)."""
+    if not is_root:
+        return core.read_table(pa)
+    return core.read_table(pa, min(ptrs, root_entries))
+
+
 def scan_tables(core: Any, start_level: int, root_pa: int, pgd_pages: int, granule: int,
                 root_entries: int) -> list:
     """Every table page reachable from the root, level by level:
@@ -154,14 +164,9 @@ def scan_tables(core: Any, start_level: int, root_pa: int, pgd_pages: int, granu
     while frontier and level < 3:
         nxt = []
         for pa in frontier:
-            page = core.read_table(pa)
+            page = read_page(core, pa, level == start_level, root_entries, ptrs)
             if page is None:
                 continue
-            if level == start_level:
-                # Only the root entries inside the IPA space are ever used.
-                first = (pa - root_pa) // granule * ptrs
-                used = max(0, min(ptrs, root_entries - first))
-                page = page[:used]
             idx = np.flatnonzero((page & np.uint64(3)) == np.uint64(3))
             for i, child in zip(idx.tolist(), table_oa(page[idx], granule).tolist()):
                 if child in seen:
@@ -197,11 +202,20 @@ def open_image(cls: type, physmem: Any, *, vttbr: Any, vtcr: Any, xnx: Any = Tru
     pt.fwb, pt.xnx, pt.tlb_range = fwb, xnx, False
     pt.physmem = physmem
     core = _walk.Stage2Core.__new__(_walk.Stage2Core)
-    segs = [(int(s.pa), np.ascontiguousarray(s.data).reshape(-1).view(np.uint8)) for s in segments]
+    segs, skipped = [], []
+    for s in segments:
+        data = np.ascontiguousarray(s.data).reshape(-1).view(np.uint8)
+        if int(s.pa) % 8 or data.ctypes.data % 8:
+            # Descriptors cannot be read from it as 8-byte words: it counts as
+            # memory that is not there (external aborts, OutsideMemoryError).
+            skipped.append(int(s.pa))
+        else:
+            segs.append((int(s.pa), data))
     core.init_image(v.page_shift, v.ia_bits, v.start_level, v.pgd_pages, root, fwb, xnx,
                     v.ps_bits, v.ha, segs, CorruptTableError)
     pt._core = core
     pt.vttbr = int(vttbr)
+    pt.unaligned_segments = tuple(skipped)
     if not allow_aliases:
         root_entries = 1 << (v.ia_bits - v.level_shift)
         scan_tables(core, v.start_level, root, v.pgd_pages, v.granule, root_entries)
@@ -248,6 +262,8 @@ def export_image(pt: "Stage2PageTable", path: Union[str, os.PathLike]) -> dict:
     """Write pt's table pages to PATH (raw, one segment from base_pa) and
     PATH.json. An image-backed table is imported into a pool first, so its
     tables move to pool addresses; leaves and translations do not change."""
+    if not pt._core.has_pgd:
+        raise ValueError("this page table has been destroyed: there is nothing to export")
     if pt.read_only:
         pt = pt.copy()
     core = pt._core
@@ -274,6 +290,8 @@ def copy_table(pt: "Stage2PageTable", cls: type) -> "Stage2PageTable":
     from .pgtable import geometry
 
     g = pt.geometry
+    if not pt._core.has_pgd:
+        raise ValueError("this page table has been destroyed: there is nothing to copy")
     if not 32 <= g.ia_bits <= 48:
         raise ValueError(f"a {g.ia_bits}-bit IPA space cannot be held in a pool "
                          "(the kernel's stage 2 supports 32 to 48 bits)")
@@ -283,21 +301,26 @@ def copy_table(pt: "Stage2PageTable", cls: type) -> "Stage2PageTable":
                          f"KVM's tables for {g.ia_bits}-bit IPAs start at level {want.start_level} "
                          f"with {want.pgd_pages}, so a pool cannot hold it")
     core = pt._core
-    pages = scan_tables(core, g.start_level, core.root_pa, g.pgd_pages, g.granule,
-                        1 << (g.ia_bits - g.level_shift(g.start_level)))
-    pages = [p for p in pages if core.read_table(p[0]) is not None]
+    root_entries = 1 << (g.ia_bits - g.level_shift(g.start_level))
+    pages = scan_tables(core, g.start_level, core.root_pa, g.pgd_pages, g.granule, root_entries)
     index = {pa: i for i, (pa, _, _) in enumerate(pages)}
     out = np.zeros((len(pages), g.ptrs_per_table), dtype=np.uint64)
     addr_bits = np.uint64(((1 << 48) - 1) & ~(g.granule - 1)) | (
         np.uint64(0xF000) if g.granule == 65536 else np.uint64(0))
-    for i, (pa, level, _) in enumerate(pages):
-        page = np.array(core.read_table(pa), copy=True)
+    for i, (pa, level, parent) in enumerate(pages):
+        src = read_page(core, pa, parent is None, root_entries, g.ptrs_per_table)
+        if src is None:
+            where = "the root" if parent is None else f"the descriptor at PA {parent:#x}"
+            raise ValueError(
+                f"table page {pa:#x} (level {level}, from {where}) is outside the image's memory: "
+                "a pool copy cannot hold a table it cannot read")
+        page = np.zeros(g.ptrs_per_table, dtype=np.uint64)
+        page[:len(src)] = src
         if level < 3:
             idx = np.flatnonzero((page & np.uint64(3)) == np.uint64(3))
             for j, child in zip(idx.tolist(), table_oa(page[idx], g.granule).tolist()):
-                if child in index:
-                    new = _walk.TABLE_PA_BASE + index[child] * g.granule
-                    page[j] = (page[j] & ~addr_bits) | np.uint64(new)
+                new = _walk.TABLE_PA_BASE + index[child] * g.granule
+                page[j] = (page[j] & ~addr_bits) | np.uint64(new)
         out[i] = page
     new_pt = cls(g.ia_bits, granule=g.granule, fwb=pt.fwb, xnx=pt.xnx, tlb_range=pt.tlb_range)
     new_pt._core.load_pages(out)

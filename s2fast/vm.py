@@ -25,8 +25,12 @@ words) are counted by the VM (``VM.counters``).
 runs it under several and checks each final table against KERNEL's, and
 ``PRESETS`` re-create the RFC series' experiments.
 
-The VM layer models a 4 KiB-granule host (the configuration the series
-measured); the page table itself supports every granule.
+Every rule above depends on the host's page size, which is also the stage-2
+granule (``granule=4096 | 16384 | 65536``, see ``HostRules``): the page and
+block sizes a memslot can be backed with, the eager-split chunk sizes and
+the split cache's size, the write-protect pieces, the dirty bitmap (one bit
+per host page) and the size of a fault. The 4 KiB host is the configuration
+the RFC series measured and the default.
 """
 from __future__ import annotations
 
@@ -41,11 +45,12 @@ import numpy as np
 from . import _walk
 from ._walk import CollectVisitor, MemCache
 from .flags import EAGAIN, ENOMEM, RW, WalkFlags
-from .pgtable import DEFAULT_RESERVE, Stage2PageTable
+from .pgtable import DEFAULT_RESERVE, GRANULES, Stage2PageTable, geometry
 from .variants import Strategy, _unsplit
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 
+# The 4 KiB host's sizes (HostRules / host_rules() give every granule's).
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 PMD_SIZE = 2 * MiB
@@ -55,9 +60,9 @@ BITS_PER_LONG = 64
 VCPU_CACHE_CAPACITY = 40
 #: __TLBI_RANGE_PAGES(31, 3): the most pages one range TLBI covers
 MAX_TLBI_RANGE_PAGES = 1 << 21
-#: eager-split chunk sizes KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE accepts (0: off)
+#: eager-split chunk sizes KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE accepts on a 4 KiB host (0: off)
 SPLIT_CHUNKS = (0, PAGE_SIZE, PMD_SIZE, PUD_SIZE)
-#: guest memory's host physical address is PHYS_OFFSET + IPA (+2 MiB for THP)
+#: guest memory's host physical address is PHYS_OFFSET + IPA (+PMD_SIZE for PMD blocks)
 PHYS_OFFSET = 1 << 40
 #: where add_memslot() places the first slot when no base is given (QEMU virt RAM)
 DEFAULT_BASE = 1 * GiB
@@ -66,7 +71,6 @@ DEFAULT_BASE = 1 * GiB
 _PTE_VALID = 1
 _PTE_TABLE = 2
 _S2AP_W = 1 << 7
-_ADDR_MASK = ((1 << 48) - 1) & ~(PAGE_SIZE - 1)
 _TABLE_PA_BASE = _walk.TABLE_PA_BASE
 
 #: user_mem_abort() walks with these flags
@@ -75,12 +79,11 @@ _RW = int(RW)
 #: bitmap words a CLEAR handles per batch of Python work (16 GiB of guest)
 _CLEAR_SEGMENT = 1 << 16
 
-# Backing kinds, one per 2 MiB unit of a memslot.
+# Backing kinds, one per PMD_SIZE unit of a memslot: pages, PMD blocks, PUD
+# blocks (named and sized here for a 4 KiB host; HostRules.kind_names/_sizes).
 K4K, K2M, K1G = 0, 1, 2
 KIND_NAMES = ("4k", "2m", "1g")
 KIND_SIZES = (PAGE_SIZE, PMD_SIZE, PUD_SIZE)
-_UNIT = PMD_SIZE
-_UNITS_PER_GIB = PUD_SIZE // PMD_SIZE
 
 #: the counters a VM keeps for mmu.c's own events (the engine counts the rest)
 COUNTERS = (
@@ -165,18 +168,113 @@ def _strategy(v: Any) -> Strategy:
     raise TypeError(f"strategy must be an s2fast.Strategy or its name, not {type(v).__name__} {v!r}")
 
 
-def _chunk(v: Any) -> int:
+@dataclass(frozen=True)
+class HostRules:
+    """What mmu.c's rules look like on a host of one page size (the stage-2
+    granule): PAGE_SIZE, PMD_SIZE, PUD_SIZE (0 where level-1 blocks do not
+    exist: KVM_PGTABLE_MIN_BLOCK_LEVEL is 2 for 16 and 64 KiB), the block
+    sizes KVM maps (kvm_supported_block_sizes(): the page and every block
+    level), and the size of stage2_apply_range()'s pieces (one entry of
+    KVM_PGTABLE_MIN_BLOCK_LEVEL)."""
+
+    granule: int
+    page_shift: int
+    ptrs_per_table: int
+    pmd_size: int
+    pud_size: int
+    wp_piece: int
+
+    @property
+    def page_size(self) -> int:
+        return self.granule
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        """KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE's accepted values: 0 (off) or
+        a size kvm_is_block_size_supported() accepts."""
+        return (0,) + self.kind_sizes[: 3 if self.pud_size else 2]
+
+    @property
+    def kind_sizes(self) -> tuple[int, ...]:
+        """Leaf size of each backing kind (pages, PMD blocks, PUD blocks)."""
+        return (self.granule, self.pmd_size, self.pud_size)
+
+    @property
+    def kind_names(self) -> tuple[str, ...]:
+        return tuple(_short(n) if n else "" for n in self.kind_sizes)
+
+    @property
+    def unit(self) -> int:
+        """A memslot's backing is chosen per PMD_SIZE unit."""
+        return self.pmd_size
+
+    @property
+    def units_per_pud(self) -> int:
+        return self.pud_size // self.pmd_size if self.pud_size else 0
+
+    def kind_list(self) -> str:
+        """'1g, 2m or 4k' for a 4 KiB host, '32m or 16k' for 16 KiB."""
+        names = [n for n in reversed(self.kind_names) if n]
+        return ", ".join(names[:-1]) + " or " + names[-1]
+
+    def describe(self) -> str:
+        return f"{format_size(self.granule)} host"
+
+
+def _short(n: int) -> str:
+    """A size as a backing name: 4k, 2m, 512m, 1g."""
+    for suffix, shift in (("g", 30), ("m", 20), ("k", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{suffix}"
+    return str(n)
+
+
+def host_rules(granule: Any = 4096) -> HostRules:
+    """The mmu.c rules of a host whose page size is ``granule`` (4096,
+    16384 or 65536; a size string such as "64K" is accepted)."""
+    if isinstance(granule, str):
+        granule = parse_size(granule)
+    if isinstance(granule, bool) or not isinstance(granule, (int, np.integer)):
+        raise TypeError(f"granule must be an int, not {type(granule).__name__} {granule!r}")
+    granule = int(granule)
+    rules = _HOSTS.get(granule)
+    if rules is None:
+        raise ValueError(f"granule {granule} is not a host page size KVM supports "
+                         f"(4K, 16K or 64K: {', '.join(str(g) for g in GRANULES)})")
+    return rules
+
+
+def _make_host(granule: int) -> HostRules:
+    g = geometry(48, granule)
+    min_block = g.min_block_level
+    return HostRules(granule, g.page_shift, g.ptrs_per_table, g.level_size(2),
+                     g.level_size(1) if min_block < 2 else 0, g.level_size(min_block))
+
+
+_HOSTS = {gr: _make_host(gr) for gr in GRANULES}
+HOST_4K = _HOSTS[4096]
+
+
+def _chunk(v: Any, granule: int = 4096) -> int:
     v = parse_size(v)
-    if v not in SPLIT_CHUNKS:
+    h = host_rules(granule)
+    if v not in h.chunks:
+        sizes = ", ".join(format_size(c) for c in h.chunks[1:])
+        where = "" if granule == 4096 else f" on a {h.describe()}"
         raise ValueError(f"eager-split chunk {v} is not 0 or a block size the kernel accepts "
-                         f"(4 KiB, 2 MiB, 1 GiB)")
+                         f"({sizes}{where})")
     return v
 
 
-def split_nr_page_tables(chunk: int) -> int:
+def split_nr_page_tables(chunk: int, granule: int = 4096) -> int:
     """kvm_mmu_split_nr_page_tables(): pages to split a chunk of blocks to
-    pages (4 KiB granule: one per 1 GiB and one per 2 MiB it touches)."""
-    return -(-chunk // PUD_SIZE) + -(-chunk // PMD_SIZE)
+    pages: one per PMD_SIZE it touches, plus one per PUD_SIZE where the
+    host has level-1 blocks (4 KiB granule only)."""
+    h = host_rules(granule)
+    n = -(-chunk // h.pmd_size)
+    if h.pud_size:
+        n += -(-chunk // h.pud_size)
+    return n
 
 
 def _popcount(a: np.ndarray) -> int:
@@ -190,46 +288,80 @@ def _popcount(a: np.ndarray) -> int:
 
 @dataclass(frozen=True)
 class Backing:
-    """How a memslot is backed, as percentages of its size: 1 GiB blocks
-    (hugetlb), 2 MiB blocks (THP) and 4 KiB pages (memory already split).
+    """How a memslot is backed, as percentages of its size, by kind of leaf:
+    ``pct_1g`` level-1 blocks (PUD_SIZE: 1 GiB hugetlb, 4 KiB hosts only),
+    ``pct_2m`` level-2 blocks (PMD_SIZE: 2 MiB, 32 MiB or 512 MiB hugetlb or
+    THP) and ``pct_4k`` pages of the host's size (memory already split).
+    The field names are the 4 KiB host's; ``granule`` says which host.
 
     ``Backing.parse`` takes ``"1g"`` / ``"hugetlb"``, ``"2m"`` / ``"thp"``,
-    ``"4k"`` / ``"split"``, or ``"mix:1g=50,2m=30,4k=20"``."""
+    ``"4k"`` / ``"split"``, or ``"mix:1g=50,2m=30,4k=20"``; with
+    ``granule=16384`` the sizes are ``"32m"`` and ``"16k"``, with 65536
+    ``"512m"`` and ``"64k"`` ("hugetlb" is the largest block size)."""
 
     pct_1g: int = 0
     pct_2m: int = 0
     pct_4k: int = 0
+    granule: int = 4096
 
     def __post_init__(self) -> None:
         for name in ("pct_1g", "pct_2m", "pct_4k"):
             _int(name, getattr(self, name), 0, 100)
+        h = host_rules(self.granule)
+        object.__setattr__(self, "granule", h.granule)
         total = self.pct_1g + self.pct_2m + self.pct_4k
+        n = h.kind_names
         if total != 100:
+            if h.pud_size:
+                raise ValueError(f"backing percentages add up to {total}, not 100: "
+                                 f"1g={self.pct_1g}, 2m={self.pct_2m}, 4k={self.pct_4k}")
             raise ValueError(f"backing percentages add up to {total}, not 100: "
-                             f"1g={self.pct_1g}, 2m={self.pct_2m}, 4k={self.pct_4k}")
+                             f"{n[1]}={self.pct_2m}, {n[0]}={self.pct_4k}")
+        if self.pct_1g and not h.pud_size:
+            raise ValueError(f"a {h.describe()} has no level-1 (1 GiB) stage-2 blocks: "
+                             f"back the memslot with {h.kind_list()}")
 
     _ALIASES = {"1g": "1g", "hugetlb": "1g", "pud": "1g",
                 "2m": "2m", "thp": "2m", "pmd": "2m",
                 "4k": "4k", "split": "4k", "pages": "4k", "pte": "4k"}
 
+    @staticmethod
+    def _kind(key: Any, h: HostRules) -> Optional[int]:
+        """A kind name of this host -> 0 (pages), 1 (PMD) or 2 (PUD)."""
+        k = str(key).strip().lower()
+        if h.granule == 4096:
+            k = Backing._ALIASES.get(k, k)
+        elif k in ("hugetlb", "thp", "pmd"):
+            return 1
+        elif k in ("split", "pages", "pte"):
+            return 0
+        names = h.kind_names
+        return names.index(k) if k and k in names else None
+
     @classmethod
-    def parse(cls, spec: Any) -> "Backing":
+    def parse(cls, spec: Any, granule: Any = 4096) -> "Backing":
+        h = host_rules(granule)
         if isinstance(spec, Backing):
+            if spec.granule != h.granule:
+                raise ValueError(f"backing {spec} is for a {format_size(spec.granule)} host, "
+                                 f"not a {h.describe()}")
             return spec
         if isinstance(spec, Mapping):
-            pct = {}
+            pct = [0, 0, 0]
             for k, v in spec.items():
-                kind = cls._ALIASES.get(str(k).strip().lower())
+                kind = cls._kind(k, h)
                 if kind is None:
-                    raise ValueError(f"backing kind {k!r} is not 1g, 2m or 4k")
-                pct[kind] = pct.get(kind, 0) + _int(f"percentage of {kind}", v, 0, 100)
-            return cls(pct.get("1g", 0), pct.get("2m", 0), pct.get("4k", 0))
+                    raise ValueError(f"backing kind {k!r} is not {h.kind_list()}"
+                                     + ("" if h.granule == 4096 else f" (a {h.describe()})"))
+                pct[kind] += _int(f"percentage of {h.kind_names[kind]}", v, 0, 100)
+            return cls(pct[2], pct[1], pct[0], h.granule)
         if not isinstance(spec, str):
-            raise TypeError(f"backing must be a string like '1g' or 'mix:1g=50,4k=50', "
+            raise TypeError(f"backing must be a string like '{h.kind_names[-1] or h.kind_names[1]}' or "
+                            f"'mix:{h.kind_names[1]}=50,{h.kind_names[0]}=50', "
                             f"not {type(spec).__name__} {spec!r}")
         s = spec.strip().lower()
-        if s in cls._ALIASES:
-            return cls.parse({s: 100})
+        if cls._kind(s, h) is not None:
+            return cls.parse({s: 100}, h.granule)
         if s.startswith("mix:"):
             pct: dict[str, Any] = {}
             for part in s[4:].split(","):
@@ -239,35 +371,46 @@ class Backing:
                 if k.strip() in pct:
                     raise ValueError(f"backing {spec!r} names {k.strip()!r} twice")
                 pct[k.strip()] = int(v)
-            return cls.parse(pct)
-        raise ValueError(f"backing {spec!r} is not 1g, 2m, 4k (hugetlb, thp, split) "
-                         f"or mix:1g=P,2m=P,4k=P")
+            return cls.parse(pct, h.granule)
+        if h.granule == 4096:
+            raise ValueError(f"backing {spec!r} is not 1g, 2m, 4k (hugetlb, thp, split) "
+                             f"or mix:1g=P,2m=P,4k=P")
+        big, page = h.kind_names[1], h.kind_names[0]
+        raise ValueError(f"backing {spec!r} is not a page or block size of a {h.describe()} (its stage 2 "
+                         f"maps {page} pages and {big} blocks only): {big}, {page} (hugetlb, thp, split) "
+                         f"or mix:{big}=P,{page}=P")
 
     def __str__(self) -> str:
-        parts = [(k, p) for k, p in (("1g", self.pct_1g), ("2m", self.pct_2m), ("4k", self.pct_4k)) if p]
+        n = _HOSTS[self.granule].kind_names
+        parts = [(k, p) for k, p in ((n[2], self.pct_1g), (n[1], self.pct_2m), (n[0], self.pct_4k)) if p]
         if len(parts) == 1:
             return parts[0][0]
         return "mix:" + ",".join(f"{k}={p}" for k, p in parts)
 
 
-def _assign_kinds(base: int, size: int, backing: Backing, rng: np.random.Generator) -> np.ndarray:
-    """One backing kind per 2 MiB unit. 1 GiB blocks go to whole, aligned
-    GiB of the slot (chosen at random for a mix); 4 KiB units are drawn at
-    random from the rest; what is left is 2 MiB blocks (also the fallback for
-    1 GiB backing where no aligned GiB fits)."""
-    n_units = size // _UNIT
+def _assign_kinds(base: int, size: int, backing: Backing, rng: np.random.Generator,
+                  h: HostRules = HOST_4K) -> np.ndarray:
+    """One backing kind per PMD_SIZE unit (2 MiB on a 4 KiB host). PUD
+    blocks go to whole, aligned PUD_SIZE ranges of the slot (chosen at
+    random for a mix); page units are drawn at random from the rest; what
+    is left is PMD blocks (also the fallback for PUD backing where no
+    aligned PUD range fits). Hosts without PUD blocks have only the last two."""
+    unit = h.unit
+    n_units = size // unit
     kinds = np.full(n_units, K2M, dtype=np.uint8)
-    # 2 MiB units that start a whole, aligned GiB inside the slot
-    first = (-(base // _UNIT)) % _UNITS_PER_GIB
-    gib_starts = np.arange(first, n_units - _UNITS_PER_GIB + 1, _UNITS_PER_GIB, dtype=np.int64)
-    want_1g = min(len(gib_starts), round(backing.pct_1g * n_units / 100 / _UNITS_PER_GIB))
-    if backing.pct_1g == 100:
-        want_1g = len(gib_starts)
-    if want_1g:
-        chosen = gib_starts if want_1g == len(gib_starts) else np.sort(
-            rng.choice(gib_starts, size=want_1g, replace=False))
-        idx = (chosen[:, None] + np.arange(_UNITS_PER_GIB)).ravel()
-        kinds[idx] = K1G
+    per_pud = h.units_per_pud
+    if per_pud:
+        # units that start a whole, aligned PUD range inside the slot
+        first = (-(base // unit)) % per_pud
+        gib_starts = np.arange(first, n_units - per_pud + 1, per_pud, dtype=np.int64)
+        want_1g = min(len(gib_starts), round(backing.pct_1g * n_units / 100 / per_pud))
+        if backing.pct_1g == 100:
+            want_1g = len(gib_starts)
+        if want_1g:
+            chosen = gib_starts if want_1g == len(gib_starts) else np.sort(
+                rng.choice(gib_starts, size=want_1g, replace=False))
+            idx = (chosen[:, None] + np.arange(per_pud)).ravel()
+            kinds[idx] = K1G
     free = np.flatnonzero(kinds != K1G)
     want_4k = min(len(free), round(backing.pct_4k * n_units / 100))
     if backing.pct_4k == 100:
@@ -281,7 +424,9 @@ def _assign_kinds(base: int, size: int, backing: Backing, rng: np.random.Generat
 
 @dataclass(eq=False)
 class Memslot:
-    """A guest memory region (struct kvm_memory_slot, as far as stage 2 sees it)."""
+    """A guest memory region (struct kvm_memory_slot, as far as stage 2 sees
+    it). ``kinds`` holds one backing kind per PMD_SIZE unit; pages, gfns
+    and the dirty bitmap are in pages of the host's ``granule``."""
 
     id: int
     base: int
@@ -291,6 +436,10 @@ class Memslot:
     kinds: np.ndarray = field(repr=False)
     logging: bool = False
     dirty_bitmap: Optional[np.ndarray] = field(default=None, repr=False)
+    granule: int = 4096
+
+    def __post_init__(self) -> None:
+        self._h = host_rules(self.granule)
 
     @property
     def end(self) -> int:
@@ -298,31 +447,39 @@ class Memslot:
 
     @property
     def npages(self) -> int:
-        return self.size >> PAGE_SHIFT
+        return self.size >> self._h.page_shift
 
     @property
     def base_gfn(self) -> int:
-        return self.base >> PAGE_SHIFT
+        return self.base >> self._h.page_shift
 
     def contains(self, ipa: int) -> bool:
         return self.base <= ipa < self.end
 
     def block_counts(self) -> dict[str, int]:
-        """How the slot was built: 1 GiB blocks, 2 MiB blocks, 4 KiB pages."""
+        """How the slot was built: PUD blocks, PMD blocks, pages (keys by
+        size: "1g", "2m", "4k" on a 4 KiB host; "32m", "16k" on 16 KiB)."""
+        h = self._h
         n = np.bincount(self.kinds, minlength=3)
-        return {"1g": int(n[K1G]) // _UNITS_PER_GIB, "2m": int(n[K2M]),
-                "4k": int(n[K4K]) * (_UNIT // PAGE_SIZE)}
+        out = {}
+        if h.pud_size:
+            out[h.kind_names[2]] = int(n[K1G]) // h.units_per_pud
+        out[h.kind_names[1]] = int(n[K2M])
+        out[h.kind_names[0]] = int(n[K4K]) * (h.unit // h.granule)
+        return out
 
     def dirty_pages(self) -> int:
         """Bits set in the dirty bitmap (0 when not logging)."""
         return 0 if self.dirty_bitmap is None else _popcount(self.dirty_bitmap)
 
     def kind_at(self, ipa: int) -> int:
-        return int(self.kinds[(ipa - self.base) // _UNIT])
+        return int(self.kinds[(ipa - self.base) // self._h.unit])
 
     def phys(self, ipa: int) -> int:
-        """The host physical address backing ``ipa``."""
-        return PHYS_OFFSET + ipa + (PMD_SIZE if self.kinds[(ipa - self.base) // _UNIT] == K2M else 0)
+        """The host physical address backing ``ipa`` (PHYS_OFFSET + IPA,
+        + PMD_SIZE for PMD blocks so that they are not PUD aligned)."""
+        h = self._h
+        return PHYS_OFFSET + ipa + (h.pmd_size if self.kinds[(ipa - self.base) // h.unit] == K2M else 0)
 
 
 # ---------------------------------------------------------------------------
@@ -335,12 +492,17 @@ class VM:
     ``eager_split_chunk`` is KVM_CAP_ARM_EAGER_SPLIT_CHUNK_SIZE (0: off);
     ``initially_set`` is manual-protect with KVM_DIRTY_LOG_INITIALLY_SET;
     ``split_host_pages`` caps the pages the host can give the split cache
-    (None: unlimited), so that its top-up can fail with -ENOMEM."""
+    (None: unlimited), so that its top-up can fail with -ENOMEM;
+    ``granule`` is the host's page size (4096, 16384 or 65536), which is
+    the stage-2 granule and sets every size rule (see ``HostRules``)."""
 
     def __init__(self, ia_bits: int = 40, *, strategy: Any = Strategy.KERNEL, eager_split_chunk: Any = 0,
                  initially_set: bool = True, fwb: bool = False, tlb_range: bool = False,
-                 split_host_pages: Optional[int] = None, reserve_bytes: int = DEFAULT_RESERVE) -> None:
-        self.pt = Stage2PageTable(ia_bits, fwb=fwb, tlb_range=tlb_range, reserve_bytes=reserve_bytes)
+                 split_host_pages: Optional[int] = None, reserve_bytes: int = DEFAULT_RESERVE,
+                 granule: Any = 4096) -> None:
+        self.host = h = host_rules(granule)
+        self.pt = Stage2PageTable(ia_bits, granule=h.granule, fwb=fwb, tlb_range=tlb_range,
+                                  reserve_bytes=reserve_bytes)
         self._core = self.pt._core   # checked once here; the hot loops skip per-call checks
         self.strategy = strategy
         self.eager_split_chunk = eager_split_chunk
@@ -359,6 +521,11 @@ class VM:
         self._shift = {lv: g.level_shift(lv) for lv in range(g.start_level, 4)}
         self._level_size = {lv: 1 << s for lv, s in self._shift.items()}
         self._desc = self._core.descriptors
+        self._page_mask = ~(h.granule - 1)
+        self._page_shift = h.page_shift
+        self._kind_sizes = h.kind_sizes
+        self._idx_mask = g.ptrs_per_table - 1
+        self._addr_mask = ((1 << 48) - 1) & ~(h.granule - 1)
 
     # -- configuration ------------------------------------------------------
 
@@ -378,11 +545,12 @@ class VM:
 
     @eager_split_chunk.setter
     def eager_split_chunk(self, v: Any) -> None:
-        self._chunk = _chunk(v)
-        self._split_capacity = split_nr_page_tables(self._chunk)
+        self._chunk = _chunk(v, self.host.granule)
+        self._split_capacity = split_nr_page_tables(self._chunk, self.host.granule)
 
     def __repr__(self) -> str:
-        return (f"VM(strategy={self.strategy.name}, eager_split_chunk={format_size(self._chunk)}, "
+        gran = "" if self.host.granule == 4096 else f"granule={self.host.granule}, "
+        return (f"VM({gran}strategy={self.strategy.name}, eager_split_chunk={format_size(self._chunk)}, "
                 f"initially_set={self.initially_set}, memslots={len(self.memslots)}, "
                 f"pages_live={self.pt.pages_live})")
 
@@ -391,17 +559,20 @@ class VM:
     def add_memslot(self, size: Any, backing: Any = "1g", *, base: Any = None, seed: int = 0) -> Memslot:
         """Create a memslot and pre-fault all of it, writable, with its
         backing (as a guest that has touched all its memory). Returns it."""
+        h = self.host
+        unit = h.unit
         size = parse_size(size)
-        backing = Backing.parse(backing)
+        backing = Backing.parse(backing, h.granule)
         seed = _int("seed", seed)
         if base is None:
             base = self.memslots[-1].end if self.memslots else DEFAULT_BASE
-            base = -(-base // _UNIT) * _UNIT
+            base = -(-base // unit) * unit
         base = parse_size(base)
-        if size == 0 or size % _UNIT:
-            raise ValueError(f"memslot size {size} is not a positive multiple of 2 MiB")
-        if base % _UNIT:
-            raise ValueError(f"memslot base {base:#x} is not 2 MiB aligned")
+        if size == 0 or size % unit:
+            raise ValueError(f"memslot size {size} is not a positive multiple of {format_size(unit)}"
+                             + ("" if h.granule == 4096 else f" (PMD_SIZE of a {h.describe()})"))
+        if base % unit:
+            raise ValueError(f"memslot base {base:#x} is not {format_size(unit)} aligned")
         if base + size > 1 << self.pt.ia_bits:
             raise ValueError(f"memslot {base:#x}+{format_size(size)} does not fit a "
                              f"{self.pt.ia_bits}-bit IPA space")
@@ -410,7 +581,8 @@ class VM:
                 raise ValueError(f"memslot {base:#x}+{format_size(size)} overlaps memslot {s.id} "
                                  f"at {s.base:#x}+{format_size(s.size)}")
         rng = np.random.default_rng([seed, len(self.memslots)])
-        slot = Memslot(len(self.memslots), base, size, backing, seed, _assign_kinds(base, size, backing, rng))
+        slot = Memslot(len(self.memslots), base, size, backing, seed, _assign_kinds(base, size, backing, rng, h),
+                       granule=h.granule)
         self._build(slot)
         i = bisect.bisect(self._bases, base)
         self._bases.insert(i, base)
@@ -424,11 +596,12 @@ class VM:
         ends = np.concatenate((edges, [len(kinds)])).tolist()
         mc = MemCache(1 << 40)
         core = self._core
+        unit, pmd = self.host.unit, self.host.pmd_size
         for a, b in zip(starts, ends):
             kind = int(kinds[a])
-            ipa = slot.base + a * _UNIT
-            size = (b - a) * _UNIT
-            phys = PHYS_OFFSET + ipa + (PMD_SIZE if kind == K2M else 0)
+            ipa = slot.base + a * unit
+            size = (b - a) * unit
+            phys = PHYS_OFFSET + ipa + (pmd if kind == K2M else 0)
             ret = core.map(ipa, size, phys, _RW, mc, 0, kind == K4K)
             if ret:
                 raise RuntimeError(f"building memslot {slot.id}: map({ipa:#x}, {size:#x}) returned {ret}")
@@ -468,12 +641,14 @@ class VM:
     # -- mmu.c building blocks ---------------------------------------------------------
 
     def _wp_range(self, addr: int, end: int) -> int:
-        """kvm_stage2_wp_range(): stage2_apply_range() in 1 GiB pieces."""
+        """kvm_stage2_wp_range(): stage2_apply_range() in pieces of one
+        KVM_PGTABLE_MIN_BLOCK_LEVEL entry (1 GiB, 32 MiB or 512 MiB)."""
         core = self._core
+        piece = self.host.wp_piece
         n = 0
         ret = 0
         while True:
-            nxt = (addr + PUD_SIZE) & ~(PUD_SIZE - 1)
+            nxt = (addr + piece) & ~(piece - 1)
             if nxt > end:
                 nxt = end
             ret = core.wrprotect(addr, nxt - addr)
@@ -609,6 +784,8 @@ class VM:
         total = 0
         c = self.counters
         wrprotect = self._core.wrprotect
+        page_shift = self.host.page_shift
+        piece_shift = self.host.wp_piece.bit_length() - 1
         for s in slots:
             bm = s.dirty_bitmap
             split = self.initially_set and self._chunk != 0
@@ -624,10 +801,10 @@ class VM:
                 masks = cleared[idx].tolist()
                 offsets = ((idx + lo) * BITS_PER_LONG + s.base_gfn).tolist()
                 for m, gfn in zip(masks, offsets):
-                    start = (gfn + (m & -m).bit_length() - 1) << PAGE_SHIFT
-                    end = (gfn + m.bit_length()) << PAGE_SHIFT
+                    start = (gfn + (m & -m).bit_length() - 1) << page_shift
+                    end = (gfn + m.bit_length()) << page_shift
                     # kvm_arch_mmu_enable_log_dirty_pt_masked()
-                    if (start ^ (end - 1)) >> 30:
+                    if (start ^ (end - 1)) >> piece_shift:
                         self._wp_range(start, end)
                     else:
                         wrprotect(start, end - start)
@@ -657,6 +834,7 @@ class VM:
         shift = self._shift
         idx = ipa >> shift[level]
         base = 0
+        addr_mask, idx_mask = self._addr_mask, self._idx_mask
         while True:
             try:
                 pte = int(self._desc[base + idx])
@@ -667,9 +845,9 @@ class VM:
                 return level, 0
             if level == 3 or not pte & _PTE_TABLE:
                 return level, pte
-            base = ((pte & _ADDR_MASK) - _TABLE_PA_BASE) >> 3
+            base = ((pte & addr_mask) - _TABLE_PA_BASE) >> 3
             level += 1
-            idx = (ipa >> shift[level]) & 511
+            idx = (ipa >> shift[level]) & idx_mask
 
     def write(self, ipa: int) -> int:
         """One guest write to ``ipa`` (inside a memslot); returns 0 or the
@@ -678,7 +856,7 @@ class VM:
         slot = self.slot_of(ipa)
         if slot is None:
             raise ValueError(f"IPA {ipa:#x} is outside every memslot")
-        return self._write(slot, ipa & ~(PAGE_SIZE - 1))
+        return self._write(slot, ipa & self._page_mask)
 
     def write_pages(self, ipas: Iterable[int]) -> int:
         """Guest writes, one per page address, in order. A write to a
@@ -687,8 +865,9 @@ class VM:
         errors = 0
         slot_of = self.slot_of
         last: Optional[Memslot] = None
+        page_mask = self._page_mask
         for ipa in ipas:
-            ipa = int(ipa) & ~(PAGE_SIZE - 1)
+            ipa = int(ipa) & page_mask
             if last is None or not (last.base <= ipa < last.end):
                 last = slot_of(ipa)
                 if last is None:
@@ -715,7 +894,7 @@ class VM:
                 c["vcpu_cache_topup_pages"] += VCPU_CACHE_CAPACITY - mc.nobjs
                 mc.topup(VCPU_CACHE_CAPACITY)
             # logging forces pages; otherwise the backing's size
-            size = PAGE_SIZE if slot.logging else KIND_SIZES[slot.kind_at(ipa)]
+            size = self._kind_sizes[0 if slot.logging else slot.kind_at(ipa)]
             if pte and size == self._level_size[level]:
                 c["faults_perm"] += 1
                 ret = core.relax_perms(ipa, _RW, FAULT_FLAGS)
@@ -730,7 +909,7 @@ class VM:
             c["fault_errors"] += 1
             return ret
         if slot.logging:
-            off = (ipa - slot.base) >> PAGE_SHIFT
+            off = (ipa - slot.base) >> self._page_shift
             slot.dirty_bitmap[off >> 6] |= np.uint64(1 << (off & 63))
             c["pages_marked_dirty"] += 1
         return 0
@@ -855,11 +1034,16 @@ class Workload:
     starts full, so the first CLEAR write-protects and splits everything and
     later passes touch only what the guest dirtied since. Without it,
     enabling write-protects and eagerly splits, and every round's writes
-    come before its CLEAR (which then only write-protects)."""
+    come before its CLEAR (which then only write-protects).
+
+    ``granule`` is the host's page size (4096, 16384, 65536 or "4K", "16K",
+    "64K"). ``backing`` defaults to the host's largest stage-2 block (1 GiB,
+    32 MiB, 512 MiB) and ``chunk`` to its PMD_SIZE (2 MiB, 32 MiB, 512 MiB);
+    ``writes`` and ``hot_pages`` count host pages."""
 
     guest_size: int = 64 * GiB
-    backing: Any = "1g"
-    chunk: int = 2 * MiB
+    backing: Any = None
+    chunk: Any = None
     passes: int = 2
     initially_set: bool = True
     writes: int = 16384
@@ -871,27 +1055,35 @@ class Workload:
     tlb_range: bool = False
     split_host_pages: Optional[int] = None
     ia_bits: Optional[int] = None
+    granule: Any = 4096
 
     def __post_init__(self) -> None:
         fix = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        h = host_rules(self.granule)
+        fix("granule", h.granule)
+        unit, shift = h.unit, h.page_shift
+        where = "" if h.granule == 4096 else f" (PMD_SIZE of a {h.describe()})"
         fix("guest_size", parse_size(self.guest_size))
-        if self.guest_size == 0 or self.guest_size % _UNIT:
-            raise ValueError(f"guest size {self.guest_size} is not a positive multiple of 2 MiB")
-        fix("backing", Backing.parse(self.backing))
-        fix("chunk", _chunk(self.chunk))
+        if self.guest_size == 0 or self.guest_size % unit:
+            raise ValueError(f"guest size {self.guest_size} is not a positive multiple of "
+                             f"{format_size(unit)}{where}")
+        if self.backing is None:
+            fix("backing", Backing(100, 0, 0) if h.pud_size else Backing(0, 100, 0, h.granule))
+        fix("backing", Backing.parse(self.backing, h.granule))
+        fix("chunk", _chunk(h.pmd_size if self.chunk is None else self.chunk, h.granule))
         fix("passes", _int("passes", self.passes, 0, 1000))
         fix("initially_set", _bool("initially_set", self.initially_set))
         fix("writes", _int("writes", self.writes, 0))
-        if self.writes > self.guest_size >> PAGE_SHIFT:
+        if self.writes > self.guest_size >> shift:
             raise ValueError(f"writes {self.writes} is more than the guest's "
-                             f"{self.guest_size >> PAGE_SHIFT} pages")
+                             f"{self.guest_size >> shift} pages")
         fix("pattern", _pattern(self.pattern))
         fix("seed", _int("seed", self.seed))
         fix("base", parse_size(self.base))
-        if self.base % _UNIT:
-            raise ValueError(f"base {self.base:#x} is not 2 MiB aligned")
+        if self.base % unit:
+            raise ValueError(f"base {self.base:#x} is not {format_size(unit)} aligned")
         if self.hot_pages is not None:
-            fix("hot_pages", _int("hot_pages", self.hot_pages, self.writes, self.guest_size >> PAGE_SHIFT))
+            fix("hot_pages", _int("hot_pages", self.hot_pages, self.writes, self.guest_size >> shift))
         fix("fwb", _bool("fwb", self.fwb))
         fix("tlb_range", _bool("tlb_range", self.tlb_range))
         if self.split_host_pages is not None:
@@ -911,13 +1103,26 @@ class Workload:
         from dataclasses import replace
         if "guest_size" in changes and "ia_bits" not in changes:
             changes["ia_bits"] = None
+        if "granule" in changes and host_rules(changes["granule"]).granule != self.granule:
+            # the backing and chunk follow the host unless given: the same
+            # kinds of leaf (by level) and the chunk of the same level
+            old, new = _HOSTS[self.granule], host_rules(changes["granule"])
+            if "backing" not in changes:
+                b = self.backing
+                if b.pct_1g == 100 and not new.pud_size:
+                    changes["backing"] = None          # the new host's largest block
+                else:
+                    changes["backing"] = Backing(b.pct_1g, b.pct_2m, b.pct_4k, new.granule)
+            if "chunk" not in changes and self.chunk:
+                changes["chunk"] = new.kind_sizes[old.kind_sizes.index(self.chunk)] or None
         return replace(self, **changes)
 
     def describe(self) -> str:
         mode = "initially-all-set" if self.initially_set else "not initially-all-set"
         chunk = format_size(self.chunk) if self.chunk else "off"
         when = "between passes" if self.initially_set else "before each pass"
-        return (f"{format_size(self.guest_size)} guest at {self.base:#x}, backing {self.backing}, "
+        host = "" if self.granule == 4096 else f" ({format_size(self.granule)} pages)"
+        return (f"{format_size(self.guest_size)} guest{host} at {self.base:#x}, backing {self.backing}, "
                 f"eager-split chunk {chunk}, {mode}, {self.passes} CLEAR pass"
                 f"{'es' if self.passes != 1 else ''}, {self.writes} {self.pattern} page writes {when}, "
                 f"seed {self.seed}")
@@ -934,7 +1139,7 @@ class Workload:
         """An empty VM configured for this workload."""
         return VM(self.ia_bits, strategy=strategy, eager_split_chunk=self.chunk,
                   initially_set=self.initially_set, fwb=self.fwb, tlb_range=self.tlb_range,
-                  split_host_pages=self.split_host_pages)
+                  split_host_pages=self.split_host_pages, granule=self.granule)
 
     def run(self, strategy: Any = Strategy.KERNEL, *, keep_vm: bool = False,
             progress: Optional[Callable[[float, str], None]] = None) -> RunResult:
@@ -960,7 +1165,7 @@ class Workload:
             elif name.startswith("writes"):
                 k = int(name.split()[1])
                 pages = pattern_pages(self.pattern, k, self.writes, total_pages, self.seed, self.hot_pages)
-                vm.write_pages(((pages << PAGE_SHIFT) + self.base).tolist())
+                vm.write_pages(((pages << vm.host.page_shift) + self.base).tolist())
             else:
                 vm.clear_dirty_log(progress=lambda f, i=i, name=name: report((i + f) / len(names), name))
             wall = time.perf_counter() - t
@@ -976,7 +1181,8 @@ class TableDiff:
     smaller leaves; ``kernel_unsplit``, the reverse; ``unmapped``, KERNEL's
     leaves whose IPA the strategy does not map at all (e.g. the rest of a
     leftover block a fault broke up); ``extra``, the reverse; ``changed``,
-    leaves of the same IPA and level with other descriptor bits."""
+    leaves of the same IPA and level with other descriptor bits. Levels
+    are named by their leaf size on the tables' ``granule``."""
 
     identical: bool
     unsplit: dict[int, int] = field(default_factory=dict)
@@ -984,29 +1190,35 @@ class TableDiff:
     unmapped: dict[int, int] = field(default_factory=dict)
     extra: dict[int, int] = field(default_factory=dict)
     changed: int = 0
+    granule: int = 4096
 
     def describe(self) -> str:
         if self.identical:
             return "identical"
-        parts = [f"{n} x {_LEVEL_NAMES.get(lv, f'level-{lv}')} unsplit" for lv, n in sorted(self.unsplit.items())]
-        parts += [f"{n} x {_LEVEL_NAMES.get(lv, f'level-{lv}')} unmapped"
+        names = _level_names(self.granule)
+        parts = [f"{n} x {names.get(lv, f'level-{lv}')} unsplit" for lv, n in sorted(self.unsplit.items())]
+        parts += [f"{n} x {names.get(lv, f'level-{lv}')} unmapped"
                   for lv, n in sorted(self.unmapped.items())]
-        parts += [f"KERNEL left {n} x {_LEVEL_NAMES.get(lv, f'level-{lv}')} unsplit"
+        parts += [f"KERNEL left {n} x {names.get(lv, f'level-{lv}')} unsplit"
                   for lv, n in sorted(self.kernel_unsplit.items())]
-        parts += [f"{n} x {_LEVEL_NAMES.get(lv, f'level-{lv}')} mapped only here"
+        parts += [f"{n} x {names.get(lv, f'level-{lv}')} mapped only here"
                   for lv, n in sorted(self.extra.items())]
         if self.changed:
             parts.append(f"{self.changed} leaves with other attributes")
         return "differs: " + ", ".join(parts)
 
     def to_dict(self) -> dict:
-        name = lambda d: {_LEVEL_NAMES.get(lv, f"level-{lv}"): n for lv, n in sorted(d.items())}  # noqa: E731
+        names = _level_names(self.granule)
+        name = lambda d: {names.get(lv, f"level-{lv}"): n for lv, n in sorted(d.items())}  # noqa: E731
         return {"identical": self.identical, "unsplit_blocks": name(self.unsplit),
                 "kernel_unsplit_blocks": name(self.kernel_unsplit), "unmapped": name(self.unmapped),
                 "mapped_only_here": name(self.extra), "changed_leaves": self.changed}
 
 
-_LEVEL_NAMES = {1: "1 GiB", 2: "2 MiB", 3: "4 KiB"}
+def _level_names(granule: int) -> dict[int, str]:
+    """Level -> its leaf size: {1: "1 GiB", 2: "2 MiB", 3: "4 KiB"} for 4 KiB."""
+    g = geometry(48, granule)
+    return {lv: format_size(g.level_size(lv)) for lv in (1, 2, 3)}
 
 
 def _window_leaves(pt: Stage2PageTable, lo: int, size: int) -> np.ndarray:
@@ -1077,7 +1289,7 @@ def diff_tables(kernel: Stage2PageTable, other: Stage2PageTable, *, window: int 
         _add_by_level(unmapped, oa["level"][~_covered(oa, b, level_size)])
         _add_by_level(extra, ob["level"][~_covered(ob, a, level_size)])
     identical = not (unsplit or kernel_unsplit or unmapped or extra or changed)
-    return TableDiff(identical, unsplit, kernel_unsplit, unmapped, extra, changed)
+    return TableDiff(identical, unsplit, kernel_unsplit, unmapped, extra, changed, kernel.granule)
 
 
 @dataclass
@@ -1125,7 +1337,7 @@ class Comparison:
             "workload": {"guest_size": w.guest_size, "backing": str(w.backing), "chunk": w.chunk,
                          "passes": w.passes, "initially_set": w.initially_set, "writes": w.writes,
                          "pattern": w.pattern, "seed": w.seed, "base": w.base, "ia_bits": w.ia_bits,
-                         "fwb": w.fwb, "tlb_range": w.tlb_range},
+                         "fwb": w.fwb, "tlb_range": w.tlb_range, "granule": w.granule},
             "strategies": {
                 s.name: {"totals": r.totals, "summary": summarize(r.totals), "wall_s": r.wall_s,
                          "build_wall_s": r.build.wall_s,
@@ -1196,16 +1408,18 @@ class Preset:
     writes: int = 16384
     pattern: str = "random"
     seed: int = 0
+    granule: int = 4096
 
     def enable_workload(self, **over: Any) -> Workload:
         return Workload(guest_size=self.guest_size, backing=self.backing, chunk=over.get("chunk", self.chunk),
-                        passes=0, initially_set=False, writes=0, seed=over.get("seed", self.seed))
+                        passes=0, initially_set=False, writes=0, seed=over.get("seed", self.seed),
+                        granule=self.granule)
 
     def clear_workload(self, **over: Any) -> Workload:
         return Workload(guest_size=self.guest_size, backing=self.backing, chunk=over.get("chunk", self.chunk),
                         passes=over.get("passes", self.passes), initially_set=True,
                         writes=over.get("writes", self.writes), pattern=over.get("pattern", self.pattern),
-                        seed=over.get("seed", self.seed))
+                        seed=over.get("seed", self.seed), granule=self.granule)
 
 
 def _presets() -> dict[str, Preset]:
@@ -1277,4 +1491,5 @@ def run_preset(preset: Union[str, Preset], strategies: Optional[Iterable[Any]] =
 
 __all__ = ["VM", "Memslot", "Backing", "Workload", "Phase", "RunResult", "Comparison", "TableDiff",
            "Preset", "PresetResult", "PRESETS", "compare", "run_preset", "diff_tables", "pattern_pages",
-           "summarize", "parse_size", "format_size", "split_nr_page_tables", "COUNTERS", "PATTERNS"]
+           "summarize", "parse_size", "format_size", "split_nr_page_tables", "COUNTERS", "PATTERNS",
+           "HostRules", "host_rules"]

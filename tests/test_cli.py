@@ -166,3 +166,45 @@ def test_plot_without_matplotlib_is_a_usage_error(monkeypatch, tmp_path):
     code, out, err = run(SMALL + ["--plot", str(tmp_path / "x.png")])
     assert code == 2 and out == ""
     assert err == "s2fast: error: --plot needs matplotlib: pip install 's2fast[plot]'\n"
+
+
+def test_compare_granule_64k():
+    """A 64 KiB host: 512 MiB blocks, a 512 MiB chunk; one table page per
+    block split, and the counts in JSON match the table."""
+    argv = ["compare", "--granule", "64K", "--guest-size", "2G", "--backing", "512m", "--writes", "64",
+            "--no-progress"]
+    code, out, err = run(argv)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith("s2fast compare: 2 GiB guest (64 KiB pages) at 0x40000000, backing 512m, "
+                               "eager-split chunk 512 MiB, initially-all-set")
+    rows = [l for l in lines if l.split() and l.split()[0] in Strategy.__members__]
+    assert [r.split()[0] for r in rows] == [s.name for s in Strategy]
+    assert all(r.endswith("identical") for r in rows)
+    assert all(r.split()[5] == "4" for r in rows)           # pages alloc: one per 512 MiB block
+    code, out, _ = run(argv + ["--json", "--strategies", "SKIP_LEVEL"])
+    d = json.loads(out)
+    assert d["workload"]["granule"] == 65536 and d["workload"]["chunk"] == 512 << 20
+    clear1 = next(p for p in d["strategies"]["KERNEL"]["phases"] if p["name"] == "clear 1")["counts"]
+    assert clear1["mask_words"] == (2 << 30) // (64 * 65536) and clear1["pages_alloc"] == 4
+    # the default backing of a 16 KiB host is its largest block, 32 MiB
+    code, out, _ = run(["compare", "--granule", "16K", "--guest-size", "256M", "--writes", "16",
+                        "--strategies", "KERNEL", "--no-progress"])
+    assert code == 0 and "backing 32m, eager-split chunk 32 MiB" in out.splitlines()[0]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["compare", "--granule", "64K", "--backing", "1g"], "backing '1g' is not a page or block size of a 64 KiB host"),
+    (["compare", "--granule", "16K", "--chunk", "2M"], "eager-split chunk 2097152 is not 0 or a block size the "
+                                                       "kernel accepts (16 KiB, 32 MiB on a 16 KiB host)"),
+    (["compare", "--granule", "64K", "--guest-size", "3G", "--backing", "64k", "--chunk", "0", "--guest-size",
+      "768M"], "guest size 805306368 is not a positive multiple of 512 MiB"),
+    (["compare", "--granule", "8K"], "argument --granule: granule 8192 is not a host page size"),
+    (["compare", "--granule", "big"], "argument --granule: size 'big' is not a size"),
+    (["compare", "--preset", "rfc-16g-thp", "--granule", "64K"], "--granule cannot be combined with --preset"),
+])
+def test_bad_granule_arguments_one_line_exit_2(argv, message):
+    code, out, err = run(argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("s2fast: error: ")
+    assert message in err

@@ -333,7 +333,9 @@ class Visitor:
 
     def __call__(self, ctx, visit):
         level, old = ctx.level, ctx.old
-        self.trace.append((visit, level, ctx.addr, ctx.start, ctx.end, old, ctx.flags, ctx.ptep,
+        # The engine's ctx.ptep is the entry's PA, the reference's its pool index.
+        ptep = (ctx.ptep - TABLE_PA_BASE) >> 3 if isinstance(ctx, s2fast.VisitCtx) else ctx.ptep
+        self.trace.append((visit, level, ctx.addr, ctx.start, ctx.end, old, ctx.flags, ptep,
                            ctx.arg is self))
         n = len(self.trace)
         if level < 3 and (old & 3) == 3:

@@ -301,3 +301,83 @@ def test_elf_core_opened_by_path(tmp_path, granule):
         assert (im.translate_batch(ipas, acc) == pt.translate_batch(ipas, acc)).all()
     assert im.dump() == pt.dump()
     assert im.translate(16 * big + 5).pa == (1 << 41) + 5
+
+
+# -- regressions from the review of the image backend ---------------------------------
+
+SMALL_ROOT_VTCR = 32 | (1 << 6) | (5 << 16) | (1 << 21)   # 4 KiB, 32-bit IPA, level 1: 4 entries
+
+
+def test_table_pages_reads_only_the_small_root():
+    """A 4-entry root (32 bytes) in a bigger buffer: entries past it are not
+    root entries (table_pages once counted a descriptor at entry 10)."""
+    mem = np.zeros(3 * 512, dtype=np.uint64)
+    mem[10] = 0x1000 | 3                     # past the root: not part of the table
+    mem[1] = 0x2000 | 3                      # root entry 1 -> a level-2 table
+    pt = Stage2PageTable.from_image(PhysMem.from_array(mem, 0), vttbr=0, vtcr=SMALL_ROOT_VTCR)
+    assert pt.table_pages() == 2
+
+
+def test_small_root_in_a_32_byte_segment():
+    """The root's own 32 bytes are all the memory there is: nothing reads past them."""
+    root = np.zeros(4, dtype=np.uint64)
+    root[0] = 0x4000_0000 | 0x7C5 | (1 << 10)                  # a 1 GiB block
+    pt = Stage2PageTable.from_image(PhysMem.from_array(root, 0x1_0000), vttbr=0x1_0000,
+                                    vtcr=SMALL_ROOT_VTCR)
+    assert pt.table_pages() == 1
+    assert pt.leaves()["ipa"].tolist() == [0]
+    assert pt.translate(0x1234).pa == 0x4000_1234
+
+
+def test_tree_scan_covers_a_root_that_is_not_page_aligned():
+    base, root, l2 = 0x10000, 0x10040, 0x11000
+    mem = np.zeros(3 * 512, dtype=np.uint64)
+    r, t = (root - base) // 8, (l2 - base) // 8
+    mem[r:r + 4] = l2 | 3                    # four root entries -> one level-2 table
+    pm = PhysMem.from_array(mem, base)
+    with pytest.raises(ValueError, match="do not form a tree"):
+        Stage2PageTable.from_image(pm, vttbr=root, vtcr=SMALL_ROOT_VTCR)
+    mem[r + 1:r + 4] = 0
+    mem[t:t + 512] = l2 | 3                  # level-2 entries back at their own page
+    with pytest.raises(ValueError, match="do not form a tree"):
+        Stage2PageTable.from_image(pm, vttbr=root, vtcr=SMALL_ROOT_VTCR)
+
+
+def test_copy_refuses_tables_outside_memory(tmp_path):
+    pt = pool_table()
+    pt.export_image(tmp_path / "img")
+    raw = np.fromfile(tmp_path / "img", dtype=np.uint64)
+    base = s2fast._walk.TABLE_PA_BASE
+    # Keep the root and drop everything after it: its children are outside memory.
+    pm = PhysMem.from_array(raw[:512 * pt.pgd_pages].copy(), base)
+    im = Stage2PageTable.from_image(pm, vttbr=base, vtcr=pt.vtcr)
+    with pytest.raises(ValueError, match="outside the image's memory"):
+        im.copy()
+    with pytest.raises(ValueError, match="outside the image's memory"):
+        im.export_image(tmp_path / "again")
+
+
+def test_vttbr_baddr_51_48_with_a_small_64k_root():
+    # 64 KiB, 43-bit IPA from level 1: a 2-entry (16-byte) root; PS 52.
+    v = decode_vtcr(21 | (2 << 6) | (1 << 14) | (6 << 16))
+    assert (v.start_level, v.root_align) == (1, 16)
+    assert decode_vttbr(0x1_0000 | (4 << 2), v) == (4 << 48) | 0x1_0000
+
+
+def test_destroyed_table_cannot_be_exported_or_copied(tmp_path):
+    pt = pool_table()
+    pt.destroy()
+    with pytest.raises(ValueError, match="destroyed"):
+        pt.export_image(tmp_path / "img")
+    with pytest.raises(ValueError, match="destroyed"):
+        pt.copy()
+    assert not (tmp_path / "img").exists()
+
+
+def test_an_unaligned_segment_is_memory_that_is_not_there():
+    mem, base, root = image_40bit()
+    odd = np.zeros(4097, dtype=np.uint8)[1:]        # host address 1 mod 8
+    pm = PhysMem([(base, mem.view(np.uint8)), (0x4000_0000, odd)])
+    pt = Stage2PageTable.from_image(pm, vttbr=root, vtcr=vtcr(24, 1))
+    assert pt.unaligned_segments == (0x4000_0000,)
+    assert len(pt.leaves()) == 4

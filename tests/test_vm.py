@@ -546,3 +546,230 @@ def test_strategy_can_change_between_steps():
     vm.strategy = "skip_level"
     _, d = delta(vm, vm.clear_dirty_log)
     assert vm.strategy is Strategy.SKIP_LEVEL and d["callbacks_level_3"] == WORDS_PER_GIB * 64
+
+
+# -- 16 KiB and 64 KiB hosts -------------------------------------------------------------------
+#
+# The host's page size is the stage-2 granule. On 16 and 64 KiB hosts stage 2
+# has blocks only at level 2 (KVM_PGTABLE_MIN_BLOCK_LEVEL is 2): PMD_SIZE =
+# P pages of the granule (32 MiB, 512 MiB), with P = PTRS_PER_PTE (2048, 8192).
+# With the default 40-bit IPA space both start at level 2, so a split walk has
+# no table entry above the block. Every count below is a formula of P.
+
+from s2fast.vm import format_size  # noqa: E402
+
+GRANULES = {16384: ("32m", "16k"), 65536: ("512m", "64k")}
+
+
+def ptrs(granule):
+    return granule // 8
+
+
+def pmd(granule):
+    return ptrs(granule) * granule
+
+
+@pytest.mark.parametrize("granule", [4096, 16384, 65536])
+def test_host_rules_per_granule(granule):
+    from s2fast.vm import host_rules
+    h = host_rules(granule)
+    Pg = ptrs(granule)
+    assert h.page_size == granule and h.ptrs_per_table == Pg and h.pmd_size == pmd(granule)
+    if granule == 4096:
+        # level-1 blocks exist: chunk sizes 4K, 2M, 1G; write-protect in 1 GiB pieces
+        assert h.chunks == (0, 4096, 2 * MiB, GiB) and h.pud_size == GiB == h.wp_piece
+        assert split_nr_page_tables(GiB, granule) == 1 + P
+    else:
+        # kvm_supported_block_sizes(): the page and the level-2 block only
+        assert h.chunks == (0, granule, pmd(granule)) and h.pud_size == 0 and h.wp_piece == pmd(granule)
+        # kvm_mmu_split_nr_page_tables(): no PUD term; one page per PMD_SIZE touched
+        assert split_nr_page_tables(pmd(granule), granule) == 1
+        assert split_nr_page_tables(granule, granule) == 1
+        assert split_nr_page_tables(3 * pmd(granule), granule) == 3
+    assert split_nr_page_tables(0, granule) == 0
+    assert host_rules(f"{granule // KiB}K") is h
+
+
+@pytest.mark.parametrize("granule", list(GRANULES))
+def test_granule_bad_combinations_name_the_value(granule):
+    big, page = GRANULES[granule]
+    with pytest.raises(ValueError, match=f"eager-split chunk {2 * MiB} is not 0 or a block size.*"
+                                         f"{granule // KiB} KiB host"):
+        VM(granule=granule, eager_split_chunk=2 * MiB)
+    with pytest.raises(ValueError, match=f"eager-split chunk {GiB} "):
+        Workload(granule=granule, chunk="1G")
+    with pytest.raises(ValueError, match=f"backing '1g' is not a page or block size of a {granule // KiB} KiB"):
+        Workload(granule=granule, backing="1g")
+    with pytest.raises(ValueError, match="backing '2m'"):
+        VM(granule=granule).add_memslot(pmd(granule), "2m")
+    with pytest.raises(ValueError, match="no level-1"):
+        Backing(100, 0, 0, granule)
+    with pytest.raises(ValueError, match="backing kind '4k'"):
+        Backing.parse(f"mix:{big}=50,4k=50", granule)
+    with pytest.raises(ValueError, match=f"multiple of {pmd(granule) // MiB} MiB"):
+        VM(granule=granule).add_memslot(pmd(granule) + granule, page)
+    with pytest.raises(ValueError, match="granule 8192 is not a host page size"):
+        VM(granule=8192)
+    with pytest.raises(ValueError, match="is for a 4 KiB host"):
+        Backing.parse(Backing(0, 100, 0), granule)
+
+
+@pytest.mark.parametrize("granule", list(GRANULES))
+def test_build_per_granule(granule):
+    big, page = GRANULES[granule]
+    Pg = ptrs(granule)
+    vm = VM(granule=granule)
+    assert vm.pt.granule == granule and vm.pt.start_level == 2
+    a = vm.add_memslot(4 * pmd(granule), big)
+    b = vm.add_memslot(2 * pmd(granule), page)
+    assert a.block_counts() == {big: 4, page: 0} and b.block_counts() == {big: 0, page: 2 * Pg}
+    assert b.base == a.end and a.npages == 4 * Pg
+    leaves = vm.pt.leaves()
+    assert dict(zip(*np.unique(leaves["level"], return_counts=True))) == {2: 4, 3: 2 * Pg}
+    # output addresses: PHYS_OFFSET + IPA, + PMD_SIZE for the blocks
+    shift = np.where(leaves["level"] == 2, pmd(granule), 0).astype(np.uint64)
+    pa = leaves["pte"] & np.uint64(((1 << 48) - 1) & ~(granule - 1))
+    assert np.array_equal(pa, leaves["ipa"] + np.uint64(PHYS_OFFSET) + shift)
+    # the hardware walk on this granule's tables
+    ipa = b.base + 5 * granule + 123
+    level, pte = vm.translate(ipa)
+    assert level == 3 and int(pte) & ~(granule - 1) & ((1 << 48) - 1) == PHYS_OFFSET + b.base + 5 * granule
+    assert vm.translate(a.base + pmd(granule) + 7)[0] == 2
+    mix = VM(granule=granule).add_memslot(8 * pmd(granule), f"mix:{big}=50,{page}=50", seed=3)
+    assert mix.block_counts() == {big: 4, page: 4 * Pg}
+    assert str(mix.backing) == f"mix:{big}=50,{page}=50"
+    assert str(Backing.parse("hugetlb", granule)) == str(Backing.parse("thp", granule)) == big
+
+
+@pytest.mark.parametrize("strategy", ALL, ids=lambda s: s.name)
+@pytest.mark.parametrize("granule", list(GRANULES))
+def test_enable_eager_split_pmd_blocks_per_granule(granule, strategy):
+    """Without initially-all-set, chunk PMD_SIZE: one write-protect per block
+    (stage2_apply_range's pieces are one level-2 entry), one remote flush,
+    then one split per block. The cache holds kvm_mmu_split_nr_page_tables()
+    = 1 page, so it is topped up before every chunk; each block takes the
+    one-page path, which is the full split: create_unlinked maps P pages,
+    one break-before-make TLBI, one table page. KERNEL then walks the P new
+    pages again; every other strategy stays out of the new table."""
+    n = 4
+    Pg = ptrs(granule)
+    vm = VM(granule=granule, strategy=strategy, eager_split_chunk=pmd(granule), initially_set=False)
+    slot = vm.add_memslot(n * pmd(granule), GRANULES[granule][0])
+    _, d = delta(vm, vm.enable_dirty_logging)
+    outer = Pg if strategy is Strategy.KERNEL else 0
+    visits = n * (1 + 1 + Pg + outer)          # wrprotect the block; split it; create_unlinked; re-walk
+    assert d["visits"] == d["reloads"] == d["callbacks_leaf"] == visits
+    assert d["entries_read"] == 2 * visits
+    assert d["callbacks_level_2"] == 2 * n and d["callbacks_level_3"] == n * (Pg + outer)
+    assert d["pages_alloc"] == d["tlbi_vmid_ipa"] == d["mc_used"] == n
+    assert d["wp_calls"] == d["split_calls"] == n and d["mmu_tlbi_vmid"] == 1
+    assert d["split_cache_topups"] == d["split_cache_topup_pages"] == n
+    assert summarize(d)["tlbis"] == n + 1 and d["cmo_calls"] == 0
+    leaves = vm.pt.leaves()
+    assert set(leaves["level"].tolist()) == {3} and len(leaves) == n * Pg
+    assert not np.any(leaves["pte"] & (1 << 7))
+    assert slot.dirty_pages() == 0
+
+
+@pytest.mark.parametrize("strategy", [Strategy.KERNEL, Strategy.SKIP_LEVEL], ids=lambda s: s.name)
+@pytest.mark.parametrize("granule", [4096] + list(GRANULES))
+def test_first_clear_pass_per_granule(granule, strategy):
+    """Initially-all-set, chunk PMD_SIZE, a slot of n PMD blocks: the first
+    CLEAR hands kvm_arch_mmu_enable_log_dirty_pt_masked() one word of 64
+    host pages at a time, W = P / 64 words per block. The block's first word
+    write-protects the block, then splits it (create_unlinked: P pages) and,
+    under KERNEL, walks the word's 64 new pages; each later word
+    write-protects its 64 pages under the level-2 table entry and splits
+    nothing (KERNEL re-reads the 64 pages, SKIP_LEVEL only the table entry)."""
+    n = 4
+    Pg = ptrs(granule)
+    W = Pg // 64
+    vm = VM(granule=granule, strategy=strategy, eager_split_chunk=pmd(granule), initially_set=True)
+    big = "2m" if granule == 4096 else GRANULES[granule][0]
+    slot = vm.add_memslot(n * pmd(granule), big)
+    vm.enable_dirty_logging()
+    assert slot.dirty_pages() == slot.npages == n * Pg
+    words, d = delta(vm, vm.clear_dirty_log)
+    assert words == d["mask_words"] == slot.npages // 64 == n * W
+    # 4 KiB: a 40-bit IPA space starts at level 1, one more table entry per walk
+    above = 1 if granule == 4096 else 0
+    kernel = strategy is Strategy.KERNEL
+    first = (above + 1) + (above + 1 + Pg + (64 if kernel else 0))
+    later = (above + 1 + 64) + (above + 1 + (64 if kernel else 0))
+    assert d["visits"] == n * (first + (W - 1) * later)
+    first_leaf = 1 + 1 + Pg + (64 if kernel else 0)
+    later_leaf = 64 + (64 if kernel else 0)
+    assert d["callbacks_leaf"] == d["reloads"] == n * (first_leaf + (W - 1) * later_leaf)
+    assert d["pages_alloc"] == d["tlbi_vmid_ipa"] == n and d["mmu_tlbi_vmid"] == 1
+    assert d["wp_calls"] == d["split_calls"] == n * W
+    assert d["split_cache_topups"] == n + 1        # the last block's later words top up again
+    assert slot.dirty_pages() == 0
+    # a second pass over a few written pages: one word each
+    pages = [slot.base + k * 64 * granule for k in range(5)]
+    _, d = delta(vm, vm.write_pages, pages)
+    assert d["faults_perm"] == 5 and d["pages_marked_dirty"] == 5 and slot.dirty_pages() == 5
+    words, d = delta(vm, vm.clear_dirty_log)
+    assert words == 5 and d["wp_calls"] == d["split_calls"] == 5 and d["pages_alloc"] == 0
+
+
+@pytest.mark.parametrize("granule", list(GRANULES))
+def test_guest_faults_at_granule_size(granule):
+    """user_mem_abort(): with logging on, a write to a write-protected block
+    maps one page of the granule (a table page from the vCPU cache); without
+    logging, a translation fault maps the backing's block."""
+    Pg = ptrs(granule)
+    big, page = GRANULES[granule]
+    vm = VM(granule=granule, eager_split_chunk=0, initially_set=False)
+    slot = vm.add_memslot(2 * pmd(granule), big)
+    vm.enable_dirty_logging()                        # write-protect only: chunk 0 splits nothing
+    ipa = slot.base + pmd(granule) + 3 * granule + 5
+    _, d = delta(vm, vm.write, ipa)
+    assert d["faults_perm_block"] == 1 and d["pages_alloc"] == 1 and d["pages_marked_dirty"] == 1
+    assert d["vcpu_cache_topups"] == 1 and d["vcpu_cache_topup_pages"] == VCPU_CACHE_CAPACITY
+    level, pte = vm.translate(ipa)
+    assert level == 3 and pte & (1 << 7)
+    bm = slot.dirty_bitmap
+    off = Pg + 3
+    assert slot.dirty_pages() == 1 and int(bm[off // 64]) == 1 << (off % 64)
+    # the rest of the broken block is unmapped: the next page faults as a translation fault
+    _, d = delta(vm, vm.write, ipa + granule)
+    assert d["faults_translation"] == 1 and d["pages_alloc"] == 0 and vm.translate(ipa + granule)[0] == 3
+    # no logging: a translation fault maps a whole PMD block again
+    vm.pt.unmap(slot.base, pmd(granule))
+    vm.disable_dirty_logging()
+    _, d = delta(vm, vm.write, slot.base + 7 * granule)
+    assert d["faults_translation"] == 1 and vm.translate(slot.base)[0] == 2
+
+
+@pytest.mark.parametrize("granule", list(GRANULES))
+def test_workload_and_compare_per_granule(granule):
+    big, page = GRANULES[granule]
+    Pg = ptrs(granule)
+    w = Workload(guest_size=4 * pmd(granule), granule=f"{granule // KiB}K", writes=64)
+    assert w.granule == granule and w.chunk == pmd(granule) and str(w.backing) == big
+    assert w.describe().startswith(f"{format_size(4 * pmd(granule))} guest ({granule // KiB} KiB pages) at "
+                                   f"0x40000000, backing {big}, eager-split chunk {pmd(granule) // MiB} MiB")
+    with pytest.raises(ValueError, match=f"writes {4 * Pg + 1} is more than the guest's {4 * Pg} pages"):
+        w.replace(writes=4 * Pg + 1)
+    c = compare(w, ["SKIP_LEVEL", "SNT"])
+    assert all(r["identical"] for r in c.rows())        # one-page splits: SKIP_NEW_TABLE is safe here
+    k = c.results[Strategy.KERNEL]
+    clear1 = k.phase("clear 1").counts
+    assert clear1["mask_words"] == 4 * Pg // 64 and clear1["pages_alloc"] == 4
+    assert k.phase("writes 2").counts["pages_marked_dirty"] == 64
+    d = json.loads(json.dumps(c.to_dict()))
+    assert d["workload"]["granule"] == granule and d["workload"]["chunk"] == pmd(granule)
+    # a 4 KiB workload moved to this host keeps its kinds of leaf by level
+    moved = Workload(guest_size="2G", backing="mix:2m=50,4k=50", writes=64).replace(granule=granule)
+    assert str(moved.backing) == f"mix:{big}=50,{page}=50" and moved.chunk == pmd(granule)
+    assert str(Workload(guest_size="2G").replace(granule=granule).backing) == big
+
+
+def test_diff_tables_names_levels_by_granule():
+    a, b = Stage2PageTable(40, granule=65536), Stage2PageTable(40, granule=65536)
+    for pt in (a, b):
+        assert pt.map(0, 512 * MiB, PHYS_OFFSET, s2fast.RW, memcache=MemCache(8), force_pte=True) == 0
+    b.unmap(65536, 2 * 65536)
+    d = diff_tables(a, b)
+    assert d.unmapped == {3: 2} and d.describe() == "differs: 2 x 64 KiB unmapped"
+    assert d.to_dict()["unmapped"] == {"64 KiB": 2}

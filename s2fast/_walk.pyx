@@ -1764,6 +1764,19 @@ cdef MC *mc_ptr(object mc) except? NULL:
     return &(<MemCache?>mc).mc
 
 
+cdef void set_geometry(Geom *g, int page_shift, int ia_bits, int start_level,
+                       u64 pgd_pages) noexcept:
+    g.page_shift = page_shift
+    g.table_shift = page_shift - 3
+    g.ptrs = (<u64>1) << (page_shift - 3)
+    g.start_level = start_level
+    g.ia_bits = ia_bits
+    g.pgd_pages = pgd_pages
+    g.min_block_level = 1 if page_shift == 12 else 2
+    g.addr_mask = (((<u64>1) << 48) - 1) & ~(((<u64>1) << page_shift) - 1)
+    g.pa_51_48 = page_shift == 16
+
+
 cdef class Stage2Core:
     """The C page table. Use s2fast.Stage2PageTable, which validates input."""
     cdef PT pt
@@ -1788,15 +1801,7 @@ cdef class Stage2Core:
                 or not 1 <= pgd_pages <= 16:
             raise ValueError("inconsistent page-table geometry")
         self.corrupt_exc_type = corrupt_exc_type
-        g.page_shift = page_shift
-        g.table_shift = page_shift - 3
-        g.ptrs = (<u64>1) << (page_shift - 3)
-        g.start_level = start_level
-        g.ia_bits = ia_bits
-        g.pgd_pages = pgd_pages
-        g.min_block_level = 1 if page_shift == 12 else 2
-        g.addr_mask = (((<u64>1) << 48) - 1) & ~(((<u64>1) << page_shift) - 1)
-        g.pa_51_48 = page_shift == 16
+        set_geometry(g, page_shift, ia_bits, start_level, pgd_pages)
         self.pt.fwb = fwb
         self.pt.xnx = xnx
         self.pt.tlb_range = tlb_range
@@ -1837,15 +1842,7 @@ cdef class Stage2Core:
                 or not 1 <= pgd_pages <= 16 or ps_bits not in (32, 36, 40, 42, 44, 48, 52):
             raise ValueError("inconsistent page-table geometry")
         self.corrupt_exc_type = corrupt_exc_type
-        g.page_shift = page_shift
-        g.table_shift = page_shift - 3
-        g.ptrs = (<u64>1) << (page_shift - 3)
-        g.start_level = start_level
-        g.ia_bits = ia_bits
-        g.pgd_pages = pgd_pages
-        g.min_block_level = 1 if page_shift == 12 else 2
-        g.addr_mask = (((<u64>1) << 48) - 1) & ~(((<u64>1) << page_shift) - 1)
-        g.pa_51_48 = page_shift == 16
+        set_geometry(g, page_shift, ia_bits, start_level, pgd_pages)
         self.pt.fwb = fwb
         self.pt.xnx = xnx
         self.pt.ps_bits = ps_bits

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import numpy as np
 
 from . import _walk
+from .pgtable import _bool_arg as _bool
+from .pgtable import _u64 as _reg
 
 if TYPE_CHECKING:
     from .pgtable import Stage2PageTable
@@ -112,21 +114,6 @@ def decode_vttbr(vttbr: int, v: Vtcr) -> int:
         # Bits 5:2 are BADDR[51:48], so the root is at least 64-byte aligned.
         root = (root & ~0x3F) | ((vttbr >> 2) & 0xF) << 48
     return root
-
-
-def _reg(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, not {type(v).__name__} {v!r}")
-    v = int(v)
-    if not 0 <= v < 1 << 64:
-        raise ValueError(f"{name} {v!r} is not a 64-bit register value")
-    return v
-
-
-def _bool(name: str, v: Any) -> bool:
-    if not isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, not {type(v).__name__} {v!r}")
-    return bool(v)
 
 
 def table_oa(desc: np.ndarray, granule: int) -> np.ndarray:

@@ -7,6 +7,7 @@ kernel's nested-virtualisation walker, arch/arm64/kvm/nested.c, applies the
 same ones)."""
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from dataclasses import dataclass
@@ -189,24 +190,102 @@ def open_image(cls: type, physmem: Any, *, vttbr: Any, vtcr: Any, xnx: Any = Tru
     pt.fwb, pt.xnx, pt.tlb_range = fwb, xnx, False
     pt.physmem = physmem
     core = _walk.Stage2Core.__new__(_walk.Stage2Core)
-    segs, skipped = [], []
-    for s in segments:
-        data = np.ascontiguousarray(s.data).reshape(-1).view(np.uint8)
-        if int(s.pa) % 8 or data.ctypes.data % 8:
-            # Descriptors cannot be read from it as 8-byte words: it counts as
-            # memory that is not there (external aborts, OutsideMemoryError).
-            skipped.append(int(s.pa))
-        else:
-            segs.append((int(s.pa), data))
+    root_entries = 1 << (v.ia_bits - v.level_shift)
+    segs, patched = engine_segments(segments, v, root, root_entries)
     core.init_image(v.page_shift, v.ia_bits, v.start_level, v.pgd_pages, root, fwb, xnx,
                     v.ps_bits, v.ha, segs, CorruptTableError)
     pt._core = core
     pt.vttbr = int(vttbr)
-    pt.unaligned_segments = tuple(skipped)
+    pt.patched_pages = patched
     if not allow_aliases:
-        root_entries = 1 << (v.ia_bits - v.level_shift)
         scan_tables(core, v.start_level, root, v.pgd_pages, v.granule, root_entries)
     return pt
+
+
+def engine_segments(segments: Any, v: Vtcr, root: int, root_entries: int) -> tuple:
+    """The memory the engine reads tables from, and the PAs of table pages
+    copied to get there.
+
+    The engine reads a table page in place, so the page must lie in one
+    segment whose bytes are 8-byte aligned in host memory. A dump may break
+    that: an ELF PT_LOAD at a file offset that is 4 mod 8 (QEMU pads notes to
+    4 bytes), or a page cut in two by overlapping PT_LOADs. Such table pages,
+    and only those, are copied into aligned memory; everything else stays a
+    view of the dump."""
+    aligned, odd = [], []
+    for s in segments:
+        data = np.ascontiguousarray(s.data).reshape(-1).view(np.uint8)
+        (odd if int(s.pa) % 8 or data.ctypes.data % 8 else aligned).append((int(s.pa), data))
+    if not odd and len(aligned) <= 1:
+        return aligned, ()
+    everything = sorted(aligned + odd, key=lambda x: x[0])
+    starts = [pa for pa, _ in aligned]
+    G, ptrs = v.granule, v.granule // 8
+
+    def in_place(pa: int, n: int) -> Optional[np.ndarray]:
+        i = bisect.bisect_right(starts, pa) - 1
+        if i >= 0 and pa % 8 == 0 and pa + n <= starts[i] + aligned[i][1].size:
+            off = pa - starts[i]
+            return aligned[i][1][off:off + n].view("<u8")
+        return None
+
+    def assembled(pa: int, n: int) -> Optional[np.ndarray]:
+        out, cur = bytearray(), pa
+        i = max(bisect.bisect_right([p for p, _ in everything], pa) - 1, 0)
+        for spa, data in everything[i:]:
+            if cur >= pa + n or spa > cur:
+                break
+            if spa + data.size > cur:
+                take = min(pa + n, spa + data.size) - cur
+                out += data[cur - spa:cur - spa + take].tobytes()
+                cur += take
+        return np.frombuffer(bytes(out), dtype="<u8").copy() if cur == pa + n else None
+
+    patches: dict = {}
+    seen = set()
+    frontier = [(root + i * G, min(ptrs, root_entries) * 8) for i in range(v.pgd_pages)]
+    level = v.start_level
+    while frontier and level <= 3:
+        nxt = []
+        for pa, n in frontier:
+            if pa in seen:
+                continue
+            seen.add(pa)
+            page = in_place(pa, n)
+            if page is None:
+                page = assembled(pa, n)
+                if page is None:
+                    continue                    # not in memory: walks report it
+                patches[pa] = page
+            if level < 3:
+                desc = page[(page & np.uint64(3)) == np.uint64(3)]
+                nxt += [(c, G) for c in table_oa(desc, G).tolist()]
+        frontier = nxt
+        level += 1
+    if not patches:
+        return aligned, ()
+    # Cut the patched ranges out of the aligned segments, then add the copies.
+    cuts = []
+    for pa in sorted(patches):
+        end = pa + patches[pa].nbytes
+        if cuts and pa < cuts[-1][1]:
+            del patches[pa]                    # overlaps one already taken (aliased garbage)
+            continue
+        cuts.append((pa, end))
+    out = []
+    for spa, data in aligned:
+        cur, end = spa, spa + data.size
+        for a, b in cuts:
+            if b <= cur or a >= end:
+                continue
+            if a > cur:
+                out.append((cur, data[cur - spa:a - spa]))
+            cur = max(cur, b)
+        if cur < end:
+            out.append((cur, data[cur - spa:]))
+    out += [(pa, patches[pa].view(np.uint8)) for pa in patches]
+    out.sort(key=lambda x: x[0])
+    return out, tuple(sorted(patches))
 
 
 def read_sidecar(path: Union[str, os.PathLike]) -> dict:

@@ -265,13 +265,13 @@ class PhysMem:
                 raise ValueError(f"{path!r}: the PT_LOAD at PA {pa:#x} of {n:#x} bytes ends beyond 2**64")
         whole = np.memmap(path, dtype=np.uint8, mode="r")
         # Keep the earlier-listed PT_LOAD where two overlap; trim or drop the later one.
-        kept: list[tuple[int, int]] = []   # sorted disjoint [start, end)
+        kept: list[tuple[int, int]] = []   # sorted disjoint [start, end), neighbours merged
         segs = []
         for pa, off, n in loads:
             for lo, hi in _uncovered(kept, pa, pa + n):
                 data = whole[off + (lo - pa): off + (hi - pa)]
                 segs.append(Segment(lo, data))
-                bisect.insort(kept, (lo, hi))
+            _cover(kept, pa, pa + n)
         return cls(segs)
 
     # -- queries ------------------------------------------------------------------
@@ -357,6 +357,19 @@ def _file_size(path: str) -> int:
     if not os.path.isfile(path):
         raise ValueError(f"{path!r} is not a regular file")
     return st.st_size
+
+
+def _cover(kept: list[tuple[int, int]], lo: int, hi: int) -> None:
+    """Add [lo, hi) to ``kept`` (sorted, disjoint), merging what it overlaps or
+    touches, so that the list stays as short as the union it describes."""
+    i = bisect.bisect_left(kept, (lo, lo))
+    if i and kept[i - 1][1] >= lo:
+        i -= 1
+    j = i
+    while j < len(kept) and kept[j][0] <= hi:
+        lo, hi = min(lo, kept[j][0]), max(hi, kept[j][1])
+        j += 1
+    kept[i:j] = [(lo, hi)]
 
 
 def _uncovered(kept: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:

@@ -556,9 +556,11 @@ class VM:
 
     # -- memslots -------------------------------------------------------------
 
-    def add_memslot(self, size: Any, backing: Any = "1g", *, base: Any = None, seed: int = 0) -> Memslot:
+    def add_memslot(self, size: Any, backing: Any = "hugetlb", *, base: Any = None,
+                    seed: int = 0) -> Memslot:
         """Create a memslot and pre-fault all of it, writable, with its
-        backing (as a guest that has touched all its memory). Returns it."""
+        backing (as a guest that has touched all its memory; by default the
+        host's largest stage-2 block: 1 GiB, 32 MiB or 512 MiB). Returns it."""
         h = self.host
         unit = h.unit
         size = parse_size(size)

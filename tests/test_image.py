@@ -374,10 +374,27 @@ def test_destroyed_table_cannot_be_exported_or_copied(tmp_path):
     assert not (tmp_path / "img").exists()
 
 
-def test_an_unaligned_segment_is_memory_that_is_not_there():
+def test_tables_in_an_unaligned_segment_are_copied_and_read():
+    """A PT_LOAD at a file offset that is 4 mod 8 (QEMU pads its notes to 4
+    bytes): the table pages in it are copied to aligned memory, the rest of
+    the dump stays a view."""
     mem, base, root = image_40bit()
-    odd = np.zeros(4097, dtype=np.uint8)[1:]        # host address 1 mod 8
-    pm = PhysMem([(base, mem.view(np.uint8)), (0x4000_0000, odd)])
+    buf = np.zeros(mem.nbytes + 4, dtype=np.uint8)
+    odd = buf[4:]                                   # host address 4 mod 8
+    odd[:] = mem.view(np.uint8)
+    ram = np.zeros(1 << 20, dtype=np.uint8)
+    pm = PhysMem([(base, odd), (0x4000_0000, ram)])
     pt = Stage2PageTable.from_image(pm, vttbr=root, vtcr=vtcr(24, 1))
-    assert pt.unaligned_segments == (0x4000_0000,)
-    assert len(pt.leaves()) == 4
+    assert pt.patched_pages == (base, base + G, base + 2 * G, base + 3 * G)   # 2 root pages, l2, l3
+    assert pt.leaves()["ipa"].tolist() == [0x40000000 + i * G for i in range(4)]
+    assert pt.translate(0x40001234).pa == 0x1_0000_1234
+
+
+def test_a_table_page_cut_in_two_by_segments_is_read_whole():
+    mem, base, root = image_40bit()
+    raw = mem.view(np.uint8)
+    half = 2 * G + G // 2                           # inside the level-2 table page
+    pm = PhysMem([(base, raw[:half]), (base + half, raw[half:])])
+    pt = Stage2PageTable.from_image(pm, vttbr=root, vtcr=vtcr(24, 1))
+    assert pt.patched_pages == (base + 2 * G,)
+    assert len(pt.leaves()) == 4 and pt.table_pages() == 4

@@ -172,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--guest-size", type=_size_arg("--guest-size"), default=None, metavar="SIZE",
                      help="built-in guest: memory mapped from IPA 0x40000000 (default 4G)")
     src.add_argument("--backing", default=None, metavar="SIZE",
-                     help="built-in guest: 1G blocks, 2M blocks or 4K pages (default 2M)")
+                     help="built-in guest: 1G blocks, 2M blocks or 4K pages (default 2M); with 16K "
+                          "pages 32M or 16K, with 64K pages 512M or 64K (default the block)")
+    src.add_argument("--granule", type=_granule_arg, default=None, metavar="SIZE",
+                     help="built-in guest: page size 4K (default), 16K or 64K")
     where = src.add_mutually_exclusive_group()
     where.add_argument("--image", default=None, metavar="FILE",
                        help="a memory image: an export_image() file with its FILE.json sidecar, or any raw "
@@ -448,8 +451,16 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-DUMP_BACKINGS = {"1g": 1 << 30, "2m": 2 << 20, "4k": 4 << 10}
 DUMP_BASE = 1 << 30
+
+
+def _dump_backings(granule: int) -> dict:
+    """Backing name -> leaf size for a granule: its page and block sizes."""
+    from .pgtable import geometry
+
+    g = geometry(40, granule)
+    sizes = [granule] + [g.level_size(lv) for lv in range(g.min_block_level, 3)]
+    return {format_size(n).replace(" ", "").replace("iB", "").lower(): n for n in sizes}
 
 
 def _dump_pool(args: argparse.Namespace) -> Any:
@@ -459,20 +470,27 @@ def _dump_pool(args: argparse.Namespace) -> Any:
     from .pgtable import Stage2PageTable
     from ._walk import MemCache
 
+    granule = 4096 if args.granule is None else args.granule
+    if granule not in (4096, 16384, 65536):
+        raise UsageError(f"--granule: {format_size(granule)} is not one of 4K, 16K, 64K")
+    backings = _dump_backings(granule)
     size = 4 << 30 if args.guest_size is None else args.guest_size
-    backing = "2m" if args.backing is None else args.backing.strip().lower()
-    if backing not in DUMP_BACKINGS:
-        raise UsageError(f"--backing: {args.backing!r} is not one of 1G, 2M, 4K")
-    unit = DUMP_BACKINGS[backing]
+    pmd = list(backings)[-1] if granule != 4096 else "2m"
+    backing = pmd if args.backing is None else args.backing.strip().lower()
+    if backing not in backings:
+        raise UsageError(f"--backing: {args.backing!r} is not one of {', '.join(b.upper() for b in backings)} "
+                         f"(with {format_size(granule)} pages)")
+    unit = backings[backing]
     if size == 0 or size % unit:
         raise UsageError(f"--guest-size {format_size(size)} is not a positive multiple of the {backing} backing")
     if DUMP_BASE + size > 1 << 40:
         raise UsageError(f"--guest-size {format_size(size)} does not fit a 40-bit IPA space from {DUMP_BASE:#x}")
-    pt = Stage2PageTable(40, xnx=bool(args.xnx), fwb=bool(args.fwb))
-    # 2M backing: output addresses 2 MiB aligned but not 1 GiB aligned, so
-    # the kernel's map() picks 2 MiB blocks; 1G: everything 1 GiB aligned.
-    phys = (1 << 40) + DUMP_BASE + (2 << 20 if backing == "2m" else 0)
-    ret = pt.map(DUMP_BASE, size, phys, RW, memcache=MemCache(0, on_empty="allocate"), force_pte=backing == "4k")
+    pt = Stage2PageTable(40, granule=granule, xnx=bool(args.xnx), fwb=bool(args.fwb))
+    # A level-2 backing: output addresses aligned to its block but not to a
+    # level-1 block, so the kernel's map() picks level-2 blocks.
+    phys = (1 << 40) + DUMP_BASE + (unit if unit != granule and unit < (1 << 30) else 0)
+    ret = pt.map(DUMP_BASE, size, phys, RW, memcache=MemCache(0, on_empty="allocate"),
+                 force_pte=unit == granule)
     if ret:
         raise UsageError(f"mapping the guest failed with {ret}")
     return pt
@@ -484,9 +502,9 @@ def _dump_table(args: argparse.Namespace) -> Any:
     from .physmem import PhysMem
 
     external = args.image is not None or args.elf is not None
-    if external and (args.guest_size is not None or args.backing is not None):
-        raise UsageError("--guest-size and --backing describe the built-in guest; they cannot be combined "
-                         "with --image or --elf")
+    if external and (args.guest_size is not None or args.backing is not None or args.granule is not None):
+        raise UsageError("--guest-size, --backing and --granule describe the built-in guest; they cannot "
+                         "be combined with --image or --elf (an image's VTCR gives its granule)")
     if not external:
         for flag in ("vttbr", "vtcr", "base_pa"):
             if getattr(args, flag) is not None:

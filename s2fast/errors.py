@@ -24,9 +24,13 @@ class OutsideMemoryError(CorruptTableError):
     holds whole. ``desc`` is the descriptor (the root's PA for the root)."""
 
     def __init__(self, ipa: int, level: int, desc: int) -> None:
-        Exception.__init__(
-            self, f"table descriptor {desc:#x} at IPA {ipa:#x}, level {level}, leads outside "
-            "the image's physical memory")
+        if desc & 3 != 3:       # not a table descriptor: the root page's PA
+            msg = (f"the root table page at PA {desc:#x} (IPA {ipa:#x}, level {level}) is outside "
+                   "the image's physical memory: check VTTBR and the memory's base PA")
+        else:
+            msg = (f"table descriptor {desc:#x} at IPA {ipa:#x}, level {level}, leads outside "
+                   "the image's physical memory")
+        Exception.__init__(self, msg)
         self.ipa = ipa
         self.level = level
         self.desc = desc

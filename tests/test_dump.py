@@ -315,3 +315,30 @@ def test_cli_garbage_files(tmp_path):
     raw.write_bytes(b"\0" * 4096)
     code, _, err = run(["dump", "--image", str(raw)])
     assert code == 2 and "--vttbr" in err
+
+
+@pytest.mark.parametrize("granule,backing,level,entries", [
+    ("16K", None, 2, 4 << 30 >> 25),          # 32 MiB blocks
+    ("64K", "512M", 2, 4 << 30 >> 29),        # 512 MiB blocks
+    ("64K", "64K", 3, 4 << 30 >> 16),         # pages
+])
+def test_dump_builtin_guest_per_granule(granule, backing, level, entries):
+    argv = ["dump", "--granule", granule, "--json"] + ([] if backing is None else ["--backing", backing])
+    code, out, err = run(argv)
+    assert code == 0 and err == ""
+    runs = json.loads(out)
+    assert len(runs) == 1 and runs[0]["level"] == level and runs[0]["entries"] == entries
+
+
+def test_dump_granule_errors():
+    code, out, err = run(["dump", "--granule", "64K", "--backing", "2M"])
+    assert code == 2 and "'2M' is not one of 64K, 512M" in err
+    code, out, err = run(["dump", "--granule", "16K", "--image", "x.img"])
+    assert code == 2 and "--granule" in err
+
+
+def test_dump_root_outside_memory_names_the_root(tmp_path):
+    pt = Stage2PageTable(40)
+    pt.export_image(tmp_path / "s2.img")
+    code, out, err = run(["dump", "--image", str(tmp_path / "s2.img"), "--vttbr", "0x5000"])
+    assert code == 1 and "the root table page at PA 0x4000" in err

@@ -323,13 +323,17 @@ cdef inline u64 page_index(PT *pt, const u64 *ptep) noexcept nogil:
     """Pool page index of the page holding ptep (pool tables only)."""
     return (<u64>(ptep - pt.pool.mem)) >> pt.g.table_shift
 
-cdef inline u64 *follow(PT *pt, Ctx *ctx, u64 pte) noexcept nogil:
-    """kvm_pte_follow() with the simulator's check: the child table, or NULL
-    (and the corruption recorded) if the descriptor leads nowhere valid."""
-    cdef u64 *child = table_at(pt, pte_to_phys(&pt.g, pte))
+cdef inline u64 *follow_pa(PT *pt, Ctx *ctx, u64 pa) noexcept nogil:
+    """The child table at pa (ctx's descriptor's address), or NULL with the
+    corruption recorded when the descriptor leads nowhere valid."""
+    cdef u64 *child = table_at(pt, pa)
     if child == NULL:
-        set_error(pt, ERR_OUTSIDE if pt.image else ERR_CORRUPT, ctx.addr, ctx.level, pte)
+        set_error(pt, ERR_OUTSIDE if pt.image else ERR_CORRUPT, ctx.addr, ctx.level, ctx.old)
     return child
+
+cdef inline u64 *follow(PT *pt, Ctx *ctx, u64 pte) noexcept nogil:
+    """kvm_pte_follow() with the simulator's check (see follow_pa)."""
+    return follow_pa(pt, ctx, pte_to_phys(&pt.g, pte))
 
 cdef inline void get_page(PT *pt, u64 *ptep) noexcept nogil:
     pt.pool.refcnt[page_index(pt, ptep)] += 1
@@ -533,9 +537,8 @@ cdef int visit_entry(Gran *t, PT *pt, WalkData *d, u64 *ptep, int level) noexcep
         # Not entered: move past everything the table maps.
         d.addr = align_down(d.addr, gs) + gs
     else:
-        child = table_at(pt, g_pte_to_phys(t, ctx.old))
+        child = follow_pa(pt, &ctx, g_pte_to_phys(t, ctx.old))
         if child == NULL:
-            set_error(pt, ERR_OUTSIDE if pt.image else ERR_CORRUPT, ctx.addr, ctx.level, ctx.old)
             return S2_ECORRUPT
         ret = walk_table(t, pt, d, child, level + 1)
         if not walk_continue(w, ret):

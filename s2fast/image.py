@@ -135,40 +135,55 @@ def read_page(core: Any, pa: int, is_root: bool, root_entries: int, ptrs: int) -
 
 
 def scan_tables(core: Any, start_level: int, root_pa: int, pgd_pages: int, granule: int,
-                root_entries: int) -> list:
-    """Every table page reachable from the root, level by level:
-    [(pa, level, parent entry PA or None), ...]. Raises ValueError when a page
-    is reached twice (tables must form a tree, as every kernel writes them)."""
+                root_entries: int) -> tuple:
+    """Every table page reachable from the root, level by level, as three
+    uint64/int arrays (pa, level, parent entry PA or NO_PARENT for a root
+    page). Raises ValueError when a page is reached twice (tables must form a
+    tree, as every kernel writes them).
+
+    Only pages above the last level are read; the children found are kept in
+    numpy arrays, so opening an image of a million table pages costs a few
+    bytes per page, not a Python object per page."""
     ptrs = granule // 8
-    seen: dict = {}
-    out = []
-    frontier = []
-    for i in range(pgd_pages):
-        pa = root_pa + i * granule
-        seen[pa] = None
-        out.append((pa, start_level, None))
-        frontier.append(pa)
+    pas = [np.arange(pgd_pages, dtype=np.uint64) * np.uint64(granule) + np.uint64(root_pa)]
+    levels = [np.full(pgd_pages, start_level, dtype=np.int8)]
+    parents = [np.full(pgd_pages, NO_PARENT, dtype=np.uint64)]
+    frontier = pas[0]
     level = start_level
-    while frontier and level < 3:
-        nxt = []
-        for pa in frontier:
+    while frontier.size and level < 3:
+        kids, froms = [], []
+        for pa in frontier.tolist():
             page = read_page(core, pa, level == start_level, root_entries, ptrs)
             if page is None:
                 continue
             idx = np.flatnonzero((page & np.uint64(3)) == np.uint64(3))
-            for i, child in zip(idx.tolist(), table_oa(page[idx], granule).tolist()):
-                if child in seen:
-                    first_from = seen[child]
-                    where = "the root" if first_from is None else f"the entry at PA {first_from:#x}"
-                    raise ValueError(
-                        f"table page {child:#x} is reached from the entry at PA {pa + 8 * i:#x} "
-                        f"(level {level}) and from {where}: the tables do not form a tree")
-                seen[child] = pa + 8 * i
-                out.append((child, level + 1, pa + 8 * i))
-                nxt.append(child)
-        frontier = nxt
+            kids.append(table_oa(page[idx], granule))
+            froms.append(idx.astype(np.uint64) * np.uint64(8) + np.uint64(pa))
+        frontier = np.concatenate(kids) if kids else np.zeros(0, dtype=np.uint64)
+        pas.append(frontier)
+        levels.append(np.full(frontier.size, level + 1, dtype=np.int8))
+        parents.append(np.concatenate(froms) if froms else np.zeros(0, dtype=np.uint64))
+        _refuse_aliases(np.concatenate(pas), np.concatenate(parents), level)
         level += 1
-    return out
+    return np.concatenate(pas), np.concatenate(levels), np.concatenate(parents)
+
+
+NO_PARENT = np.uint64((1 << 64) - 1)
+
+
+def _refuse_aliases(pas: np.ndarray, parents: np.ndarray, level: int) -> None:
+    """ValueError naming the first page (in walk order) reached twice."""
+    order = np.argsort(pas, kind="stable")
+    same = pas[order[1:]] == pas[order[:-1]]
+    if not same.any():
+        return
+    second = int(order[1:][same].min())
+    child = int(pas[second])
+    first_from = int(parents[int(np.flatnonzero(pas == pas[second])[0])])
+    where = "the root" if first_from == NO_PARENT else f"the entry at PA {first_from:#x}"
+    raise ValueError(
+        f"table page {child:#x} is reached from the entry at PA {int(parents[second]):#x} "
+        f"(level {level}) and from {where}: the tables do not form a tree")
 
 
 def open_image(cls: type, physmem: Any, *, vttbr: Any, vtcr: Any, xnx: Any = True,
@@ -368,26 +383,28 @@ def copy_table(pt: "Stage2PageTable", cls: type) -> "Stage2PageTable":
                          f"with {want.pgd_pages}, so a pool cannot hold it")
     core = pt._core
     root_entries = 1 << (g.ia_bits - g.level_shift(g.start_level))
-    pages = scan_tables(core, g.start_level, core.root_pa, g.pgd_pages, g.granule, root_entries)
-    index = {pa: i for i, (pa, _, _) in enumerate(pages)}
-    out = np.zeros((len(pages), g.ptrs_per_table), dtype=np.uint64)
+    pas, levels, parents = scan_tables(core, g.start_level, core.root_pa, g.pgd_pages, g.granule,
+                                       root_entries)
+    # Page i of the copy is pas[i]; a child's new PA follows from its rank.
+    order = np.argsort(pas)
+    sorted_pas = pas[order]
+    out = np.zeros((pas.size, g.ptrs_per_table), dtype=np.uint64)
     addr_bits = np.uint64(((1 << 48) - 1) & ~(g.granule - 1)) | (
         np.uint64(0xF000) if g.granule == 65536 else np.uint64(0))
-    for i, (pa, level, parent) in enumerate(pages):
-        src = read_page(core, pa, parent is None, root_entries, g.ptrs_per_table)
+    for i, (pa, level, parent) in enumerate(zip(pas.tolist(), levels.tolist(), parents.tolist())):
+        src = read_page(core, pa, parent == NO_PARENT, root_entries, g.ptrs_per_table)
         if src is None:
-            where = "the root" if parent is None else f"the descriptor at PA {parent:#x}"
+            where = "the root" if parent == NO_PARENT else f"the descriptor at PA {parent:#x}"
             raise ValueError(
                 f"table page {pa:#x} (level {level}, from {where}) is outside the image's memory: "
                 "a pool copy cannot hold a table it cannot read")
-        page = np.zeros(g.ptrs_per_table, dtype=np.uint64)
+        page = out[i]
         page[:len(src)] = src
         if level < 3:
             idx = np.flatnonzero((page & np.uint64(3)) == np.uint64(3))
-            for j, child in zip(idx.tolist(), table_oa(page[idx], g.granule).tolist()):
-                new = _walk.TABLE_PA_BASE + index[child] * g.granule
-                page[j] = (page[j] & ~addr_bits) | np.uint64(new)
-        out[i] = page
+            rank = order[np.searchsorted(sorted_pas, table_oa(page[idx], g.granule))]
+            new = np.uint64(_walk.TABLE_PA_BASE) + rank.astype(np.uint64) * np.uint64(g.granule)
+            page[idx] = (page[idx] & ~addr_bits) | new
     new_pt = cls(g.ia_bits, granule=g.granule, fwb=pt.fwb, xnx=pt.xnx, tlb_range=pt.tlb_range)
     new_pt._core.load_pages(out)
     new_pt.reset_stats()

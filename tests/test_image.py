@@ -100,7 +100,10 @@ def test_tables_must_form_a_tree():
     mem, base, root = image_40bit()
     mem[2] = (base + 2 * G) | 3            # a second root entry -> the same level-2 table
     pm = PhysMem.from_array(mem, base)
-    with pytest.raises(ValueError, match="do not form a tree"):
+    # The error names the page and both entries that lead to it, first one last.
+    with pytest.raises(ValueError, match="table page 0x80002000 is reached from the entry at PA "
+                       "0x80000010 [(]level 1[)] and from the entry at PA 0x80000008: the tables "
+                       "do not form a tree"):
         Stage2PageTable.from_image(pm, vttbr=root, vtcr=vtcr(24, 1))
     pt = Stage2PageTable.from_image(pm, vttbr=root, vtcr=vtcr(24, 1), allow_aliases=True)
     assert len(pt.leaves()) == 8            # both paths listed
@@ -109,7 +112,8 @@ def test_tables_must_form_a_tree():
 def test_descriptor_back_at_an_ancestor_is_refused():
     mem, base, root = image_40bit()
     mem[2 * 512 + 5] = root | 3              # level-2 entry -> the root page
-    with pytest.raises(ValueError, match="do not form a tree"):
+    with pytest.raises(ValueError, match="table page 0x80000000 is reached from the entry at PA "
+                       "0x80002028 [(]level 2[)] and from the root: the tables do not form a tree"):
         Stage2PageTable.from_image(PhysMem.from_array(mem, base), vttbr=root, vtcr=vtcr(24, 1))
 
 

@@ -1423,7 +1423,10 @@ cdef void translate_one(Gran *t, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept n
         t_fault(r, FAULT_TRANSLATION, 0)
         return
     if cfg.root_too_big:
-        t_fault(r, FAULT_ADDRESS_SIZE, level)
+        # The architecture reports a base address beyond PS at level 0 (FSC
+        # 0x00, "level 0 or translation table base register"), whatever the
+        # start level; the kernel's nested walker reports the start level.
+        t_fault(r, FAULT_ADDRESS_SIZE, 0)
         return
     shift = g_level_shift(t, level)
     if cfg.cached and (ipa >> (g_level_shift(t, cfg.c_level) + g_table_shift(t))) == cfg.c_tag:

@@ -83,14 +83,24 @@ def parse_access(access: Any) -> int:
 
 
 def as_ipas(ipas: Any) -> np.ndarray:
-    """IPAs as a contiguous uint64 array (no copy when they already are)."""
-    arr = np.asarray(ipas)
-    if arr.dtype == np.uint64:
-        return np.ascontiguousarray(arr).reshape(-1)
-    if arr.dtype == object or not np.issubdtype(arr.dtype, np.integer):
-        if arr.size == 0 and arr.dtype == np.float64:      # np.asarray([])
+    """IPAs as a contiguous 1-D uint64 array (no copy when they already are).
+
+    A numpy array must hold integers; any other sequence is checked item by
+    item, so a Python int of 2**63 or more is taken as it is (numpy alone
+    would make such a list float64) and a bad item is named."""
+    from .pgtable import _u64
+
+    arr = ipas if isinstance(ipas, np.ndarray) else np.asarray(ipas)
+    if not isinstance(ipas, np.ndarray) and arr.dtype.kind not in "iu":
+        if arr.size == 0:
             return np.zeros(0, dtype=np.uint64)
+        if arr.ndim == 1:
+            return np.array([_u64(f"ipas[{i}]", v) for i, v in enumerate(ipas)], dtype=np.uint64)
+    if arr.ndim > 1:
+        raise ValueError(f"ipas must be one-dimensional, not an array of shape {arr.shape}")
+    # kind, not issubdtype: timedelta64 counts as an integer type to numpy.
+    if arr.dtype.kind not in "iu":
         raise TypeError(f"ipas must be integers, not an array of {arr.dtype}")
-    if arr.size and arr.min() < 0:
+    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
         raise ValueError(f"ipas holds a negative value {int(arr.min())}")
     return np.ascontiguousarray(arr, dtype=np.uint64).reshape(-1)

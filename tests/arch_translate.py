@@ -196,7 +196,7 @@ def translate(read_u64: Callable[[int], int], ipa: int, access="read", *, vttbr:
         return _fault(row, TRANSLATION, 0)
     level = r.start_level
     if r.base >> r.oa_bits:
-        return _fault(row, ADDRESS_SIZE, level)
+        return _fault(row, ADDRESS_SIZE, 0)      # the VTTBR's fault: FSC 0x00 at any start level
     table = r.base
     top = r.ia_bits
     while True:

@@ -225,7 +225,9 @@ def image_cases(granule: int, ia_bits: int, start: int, vtcr_ha: bool) -> list[C
     b.put(ipa, 3, b.leaf_desc(3, 0x1234_5000 & ~(granule - 1)))
     cases.append(Case("root-outside", b, ipa, const(fault_row(ipa, EXTERNAL, start, 0)),
                       vttbr=0x10_0000_0000))
-    cases.append(Case("root-beyond-ps", b, ipa, const(fault_row(ipa, ADDRESS_SIZE, start, 0)),
+    # A base address beyond PS is reported at level 0 whatever the start level
+    # (ARM ARM: FSC 0b000000 is "level 0 or translation table base register").
+    cases.append(Case("root-beyond-ps", b, ipa, const(fault_row(ipa, ADDRESS_SIZE, 0, 0)),
                       vttbr=1 << OA_BITS | b.base_pa))
     if ia_bits < 64:
         for bad in (1 << ia_bits, ipa | 1 << ia_bits, (1 << 64) - 1):
@@ -332,6 +334,44 @@ def test_fault_and_access_enums():
         pt.translate(ipa, "execute")
     with pytest.raises((ValueError, TypeError)):
         pt.translate_batch(np.array([ipa], dtype=np.uint64), "fetch")
+
+
+@pytest.mark.parametrize("granule,ia_bits,start", [(4096, 36, 1), (4096, 32, 2), (16384, 36, 2),
+                                                    (65536, 30, 3), (4096, 48, 0)])
+def test_root_beyond_ps_is_an_address_size_fault_at_level_0(granule, ia_bits, start):
+    """The architecture, not the kernel's nested walker: a VTTBR base address
+    beyond PS faults with FSC 0x00 ("level 0 or translation table base
+    register") whatever the start level; walk_nested_s2_pgd() reports the
+    start level instead."""
+    b = ImageBuilder(granule, ia_bits, start_level=start, ps=0)       # PS = 32 bits
+    pt = Stage2PageTable.from_image(PhysMem.from_array(b.words, b.base_pa),
+                                    vttbr=1 << 32 | b.base_pa, vtcr=b.vtcr)
+    for access in ACCESSES:
+        r = as_dict(pt.translate(0x1000, access))
+        assert (r["ok"], r["fault"], r["fault_level"], r["fsc"], r["desc"]) == (False, ADDRESS_SIZE, 0, 0x00, 0)
+        assert engine_batch(pt, [0x1000], access)[0] == r
+
+
+def test_translate_batch_input_checks():
+    """Lists may hold any u64 (numpy alone would make [4096, 2**63] float64);
+    a bad item is named; timedelta64 and 2-D arrays are refused."""
+    b = ImageBuilder(4096, 40)
+    pt = Stage2PageTable.from_image(PhysMem.from_array(b.words, b.base_pa), vttbr=b.vttbr, vtcr=b.vtcr)
+    assert pt.translate_batch([0x1000, 1 << 63])["ipa"].tolist() == [0x1000, 1 << 63]
+    assert pt.translate_batch(range(3))["ipa"].tolist() == [0, 1, 2]
+    assert pt.translate_batch([]).shape == (0,)
+    for bad, exc, match in [
+        ([1 << 64], ValueError, r"ipas\[0\] 18446744073709551616 is outside"),
+        ([1, -1, 1 << 64], ValueError, r"ipas\[1\] -1 is outside"),
+        ([0x1000, 1.5], TypeError, r"ipas\[1\] must be an int, not float 1.5"),
+        ([True], TypeError, r"ipas\[0\] must be an int, not bool"),
+        (np.array([-3]), ValueError, "negative value -3"),
+        (np.array([5], dtype="m8[D]"), TypeError, "timedelta64"),
+        (np.array([1.0]), TypeError, "float64"),
+        (np.zeros((2, 2), dtype=np.uint64), ValueError, r"one-dimensional.*\(2, 2\)"),
+    ]:
+        with pytest.raises(exc, match=match):
+            pt.translate_batch(bad)
 
 
 def test_64k_pa_51_48_from_descriptor_bits():

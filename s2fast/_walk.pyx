@@ -1402,6 +1402,14 @@ cdef inline bint oa_too_big(Gran *t, PT *pt, u64 desc) noexcept nogil:
     cdef u64 oa = g_pte_to_phys(t, desc)
     return pt.ps_bits < 52 and (oa >> pt.ps_bits) != 0
 
+cdef inline bint arch_block_ok(Gran *t, PT *pt, int level) noexcept nogil:
+    # A 64 KiB level-1 block (4 TiB) is valid on a CPU with 52-bit PAs
+    # (FEAT_LPA); a table used with PS = 52 says the CPU has them.
+    if Gran is G64K:
+        if level == 1 and pt.ps_bits == 52:
+            return True
+    return level >= pt.g.min_block_level
+
 cdef inline void t_fault(TRow *r, int kind, int level) noexcept nogil:
     r.fault = kind
     r.fault_level = level
@@ -1476,7 +1484,7 @@ cdef void translate_one(Gran *t, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept n
         level += 1
         shift = g_level_shift(t, level)
         idx = (ipa >> shift) & (g_ptrs(t) - 1)
-    if level < pt.g.min_block_level:
+    if not arch_block_ok(t, pt, level):
         t_fault(r, FAULT_TRANSLATION, level)
         return
     if oa_too_big(t, pt, desc):

@@ -91,9 +91,16 @@ def level_shift(level: int, granule: int) -> int:
     return (page_shift - 3) * (4 - level) + 3
 
 
-def min_block_level(granule: int) -> int:
-    """The lowest level that may hold a block: 1 with 4 KiB pages, else 2."""
-    return 1 if granule == 4096 else 2
+PS_SIZES = (32, 36, 40, 42, 44, 48, 52)
+
+
+def block_allowed(level: int, granule: int, ps_bits: int = 48) -> bool:
+    """Whether the architecture lets ``level`` hold a block: levels 1-2 with
+    4 KiB pages, level 2 with 16 or 64 KiB, and with 64 KiB level 1 too on a
+    CPU with 52-bit PAs (FEAT_LPA), which an output size of 52 bits implies."""
+    if granule == 65536 and level == 1 and ps_bits == 52:
+        return True
+    return level >= (1 if granule == 4096 else 2)
 
 
 def output_address(pte: int, granule: int) -> int:
@@ -190,13 +197,20 @@ def _check(pte: Any, level: Any, granule: Any) -> tuple[int, int, int]:
     return pte, level, granule
 
 
-def describe(pte: int, level: int, *, granule: int = 4096, fwb: bool = False, xnx: bool = True) -> Descriptor:
+def describe(pte: int, level: int, *, granule: int = 4096, fwb: bool = False, xnx: bool = True,
+             ps_bits: int = 48) -> Descriptor:
     """Decode the stage-2 descriptor ``pte`` found at ``level``.
 
     ``granule`` is the page size (4096, 16384 or 65536), ``fwb`` whether the
     table uses FEAT_S2FWB MemAttr encodings, ``xnx`` whether the CPU has
-    FEAT_XNX (both XN bits count)."""
+    FEAT_XNX (both XN bits count), ``ps_bits`` the output size the table
+    is used with (VTCR_EL2.PS: 32 to 52 bits; with 64 KiB pages and 52 bits a
+    level-1 block is valid)."""
     pte, level, granule = _check(pte, level, granule)
+    if isinstance(ps_bits, bool) or not isinstance(ps_bits, (int, np.integer)):
+        raise TypeError(f"ps_bits must be an int, not {type(ps_bits).__name__} {ps_bits!r}")
+    if ps_bits not in PS_SIZES:
+        raise ValueError(f"ps_bits {ps_bits!r} is not an output size VTCR_EL2.PS can select {PS_SIZES}")
     for name, v in (("fwb", fwb), ("xnx", xnx)):
         if not isinstance(v, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, not {type(v).__name__} {v!r}")
@@ -218,7 +232,7 @@ def describe(pte: int, level: int, *, granule: int = 4096, fwb: bool = False, xn
         kind = "page"
     elif level == 3:
         kind = "reserved"
-    elif level < min_block_level(granule):
+    elif not block_allowed(level, granule, ps_bits):
         kind = "bad-block"
     else:
         kind = "block"

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .describe import (AF, INVALID_LOCKED, MEMATTR_MASK, OWNER_MASK, OWNER_SHIFT, S2AP_R, S2AP_W, SW_MASK, XN_MASK,
-                       exec_perms, human_size, level_shift, memtype_name, min_block_level, output_address)
+                       exec_perms, human_size, level_shift, memtype_name, block_allowed, output_address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +82,15 @@ def _run_bounds(ipa: np.ndarray, end: np.ndarray, key: np.ndarray, lvl: np.ndarr
     return starts, ends
 
 
-def _leaf_kind(pte: int, level: int, granule: int) -> str:
+def _leaf_kind(pte: int, level: int, granule: int, ps_bits: int) -> str:
     if pte & 3 == 3:
         return "page" if level == 3 else "table"
     if level == 3:
         return "reserved"
-    return "bad-block" if level < min_block_level(granule) else "block"
+    return "block" if block_allowed(level, granule, ps_bits) else "bad-block"
 
 
-def _leaf_runs(leaves: np.ndarray, granule: int, fwb: bool, xnx: bool) -> list[DumpRun]:
+def _leaf_runs(leaves: np.ndarray, granule: int, fwb: bool, xnx: bool, ps_bits: int) -> list[DumpRun]:
     if leaves.size == 0:
         return []
     ipa = np.ascontiguousarray(leaves["ipa"])
@@ -113,7 +113,7 @@ def _leaf_runs(leaves: np.ndarray, granule: int, fwb: bool, xnx: bool) -> list[D
         name = names.get(memattr)
         if name is None:
             name = names[memattr] = memtype_name(memattr, fwb)
-        knd = _leaf_kind(first, level, granule)
+        knd = _leaf_kind(first, level, granule, ps_bits)
         pa = output_address(first, granule)
         if knd == "block":
             pa &= ~((1 << level_shift(level, granule)) - 1)
@@ -143,7 +143,7 @@ def _annotation_runs(ann: np.ndarray, granule: int) -> list[DumpRun]:
 def dump_runs(pt: Any) -> list[DumpRun]:
     """Every run of ``pt`` (a ``Stage2PageTable``, pool or image) in IPA order."""
     granule = int(pt.granule)
-    leaves = _leaf_runs(pt.leaves(), granule, bool(pt.fwb), bool(pt.xnx))
+    leaves = _leaf_runs(pt.leaves(), granule, bool(pt.fwb), bool(pt.xnx), int(pt._core.ps_bits))
     ann = _annotation_runs(pt.annotations(), granule)
     if not ann:
         return leaves

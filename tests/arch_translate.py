@@ -91,9 +91,12 @@ class Regs:
     def level_shift(self, level: int) -> int:
         return (3 - level) * self.stride + self.shift
 
-    @property
-    def min_block_level(self) -> int:
-        return 1 if self.shift == 12 else 2
+    def block_ok(self, level: int) -> bool:
+        """Blocks: 4K at levels 1-2, 16K and 64K at level 2, and 64K at level 1
+        too when the CPU has 52-bit PAs (FEAT_LPA), which PS = 52 implies."""
+        if self.shift == 16 and level == 1 and self.oa_bits == 52:
+            return True
+        return level >= (1 if self.shift == 12 else 2)
 
 
 def decode(vttbr: int, vtcr: int) -> Regs:
@@ -217,7 +220,7 @@ def translate(read_u64: Callable[[int], int], ipa: int, access="read", *, vttbr:
         table = nxt
         top = lo
         level += 1
-    if level < r.min_block_level:
+    if not r.block_ok(level):
         return _fault(row, TRANSLATION, level)
     lo = r.level_shift(level)
     out = _next_address(desc, lo, r.shift)

@@ -352,6 +352,35 @@ def test_root_beyond_ps_is_an_address_size_fault_at_level_0(granule, ia_bits, st
         assert engine_batch(pt, [0x1000], access)[0] == r
 
 
+def test_64k_level_1_block_valid_only_with_52_bit_pa():
+    """A 4 TiB level-1 block with 64 KiB pages: valid on a CPU with 52-bit PAs
+    (FEAT_LPA, which PS = 52 implies), a translation fault at level 1
+    otherwise. Translate, the model, dump() and describe() agree."""
+    from s2fast import describe
+
+    g, ia = 65536, 48                                  # start level 1
+    ipa = (5 << 42) | 0x123_4567_89AB
+    for ps, ok in ((6, True), (5, False)):
+        b = ImageBuilder(g, ia, ps=ps)
+        oa = 0x7 << 42                                  # a 4 TiB-aligned output address
+        desc = b.leaf_desc(1, oa)
+        b.put(ipa, 1, desc)
+        pt = Stage2PageTable.from_image(PhysMem.from_array(b.words, b.base_pa), vttbr=b.vttbr, vtcr=b.vtcr)
+        r = as_dict(pt.translate(ipa, "read"))
+        check_rows(r, arch.translate(b.reader(), ipa, "read", vttbr=b.vttbr, vtcr=b.vtcr), f"PS={ps}")
+        kind = describe(desc, 1, granule=g, ps_bits=52 if ps == 6 else 48).kind
+        listed = json.loads(pt.dump(json=True))
+        if ok:
+            assert r["ok"] and (r["level"], r["block_size"]) == (1, 1 << 42)
+            assert r["pa"] == oa | (ipa & ((1 << 42) - 1))
+            assert kind == "block" and [run["kind"] for run in listed] == ["block"]
+        else:
+            assert (r["fault"], r["fault_level"], r["fsc"]) == (TRANSLATION, 1, 0x05)
+            assert kind == "bad-block" and [run["kind"] for run in listed] == ["bad-block"]
+    with pytest.raises(ValueError, match="ps_bits 50"):
+        describe(desc, 1, granule=g, ps_bits=50)
+
+
 def test_translate_batch_input_checks():
     """Lists may hold any u64 (numpy alone would make [4096, 2**63] float64);
     a bad item is named; timedelta64 and 2-D arrays are refused."""

@@ -96,8 +96,10 @@ def decode_vtcr(vtcr: int) -> Vtcr:
     if v.granule == 4096 and sl0 == 3:
         raise ValueError(f"vtcr {vtcr:#x}: SL0 3 with 4 KiB pages (level 3 start) needs FEAT_TTST, "
                          "which is not supported")
-    bad_level = {4096: level == 0 and ia <= 42, 16384: level == 0 or (level == 1 and ia <= 40),
-                 65536: level == 0 or (level == 1 and ia <= 42)}[v.granule]
+    # The IPA size must leave the start level at least one index bit and at
+    # most 16 concatenated tables' worth (the ASL's S2InconsistentSL); the
+    # start levels that also depend on the CPU's PAMax are taken as present.
+    bad_level = level == 0 and v.granule != 4096
     start_bits = ia - v.level_shift
     if bad_level or not 1 <= start_bits <= stride + 4:
         raise ValueError(f"vtcr {vtcr:#x}: a {ia}-bit IPA space cannot start at level {level} "

@@ -122,14 +122,8 @@ def decode(vttbr: int, vtcr: int) -> Regs:
     stride = shift - 3
     if start < 0:
         raise ValueError(f"SL0 {sl0} gives start level {start}")
-    if shift == 12 and start == 0 and ia_bits <= 42:
-        raise ValueError("4K walk from level 0 needs more than 42 IPA bits")
     if shift != 12 and start == 0:
         raise ValueError("16K/64K walks cannot start at level 0")
-    if shift == 14 and start == 1 and ia_bits <= 40:
-        raise ValueError("16K walk from level 1 needs more than 40 IPA bits")
-    if shift == 16 and start == 1 and ia_bits <= 42:
-        raise ValueError("64K walk from level 1 needs more than 42 IPA bits")
     entries_log2 = ia_bits - ((3 - start) * stride + shift)
     if not 1 <= entries_log2 <= stride + 4:
         raise ValueError(f"start level {start} with {ia_bits} IPA bits gives 2**{entries_log2} "

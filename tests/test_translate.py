@@ -108,10 +108,11 @@ def check_rows(got: dict, want: dict, what: str) -> None:
 
 # (granule, ia_bits, start level): several start levels per granule,
 # concatenated top-level tables included (4K/40: 2 pages, 4K/32: 4 pages,
-# 16K/48: 2 pages, 64K/45: 8 pages).
+# 16K/48: 2 pages, 64K/45: 8 pages) and small roots at a level the kernel
+# would not start at (4K/40 at level 0: 2 entries; 16K/38 at level 1: 4).
 CONFIGS = [
-    (4096, 48, 0), (4096, 40, 1), (4096, 32, 2), (4096, 39, 1),
-    (16384, 48, 1), (16384, 36, 2),
+    (4096, 48, 0), (4096, 40, 1), (4096, 32, 2), (4096, 39, 1), (4096, 40, 0),
+    (16384, 48, 1), (16384, 36, 2), (16384, 38, 1),
     (65536, 48, 1), (65536, 45, 2), (65536, 30, 3),
 ]
 PS = 2               # a 40-bit PA size for the matrix: bits 47:40 are out of range

@@ -279,6 +279,18 @@ def pool_reader(pt, table_pa_base: int) -> Callable[[int], int]:
     return read
 
 
+def valid_start_levels(ia_bits: int, granule: int) -> list[int]:
+    """The start levels a VTCR may give an ia_bits-bit IPA space with this granule."""
+    out = []
+    for start in range(4):
+        try:
+            decode(0, make_vtcr(ia_bits, granule, start_level=start))
+            out.append(start)
+        except ValueError:
+            pass
+    return out
+
+
 def make_vtcr(ia_bits: int, granule: int = 4096, *, start_level: Optional[int] = None, ps: int = 5,
               ha: bool = False) -> int:
     """A VTCR_EL2 value for a walk; start level defaults to the fewest levels

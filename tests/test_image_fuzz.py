@@ -65,13 +65,7 @@ def fuzz_image(draw):
                     | draw(st.integers(0, 7)) << 16 | draw(st.integers(0, 1)) << 21 | 1 << 31)
     else:
         ia_bits = draw(st.integers(25, 32))
-        starts = []
-        for s in range(4):
-            try:
-                arch.decode(0, make_vtcr(ia_bits, granule, start_level=s))
-                starts.append(s)
-            except ValueError:
-                pass
+        starts = arch.valid_start_levels(ia_bits, granule)
         ps = draw(st.sampled_from([0, 2, 5] + ([6] if granule == 65536 else [])))
         vtcr = make_vtcr(ia_bits, granule, start_level=draw(st.sampled_from(starts)), ps=ps,
                          ha=draw(st.booleans()))

@@ -968,14 +968,7 @@ def random_image(draw):
     granule = draw(st.sampled_from(GRANULES))
     shift = granule.bit_length() - 1
     ia_bits = draw(st.integers(25, 48))
-    valid_starts = []
-    for start in range(4):
-        try:
-            arch.decode(0, make_vtcr(ia_bits, granule, start_level=start))
-            valid_starts.append(start)
-        except ValueError:
-            pass
-    start = draw(st.sampled_from(valid_starts))
+    start = draw(st.sampled_from(arch.valid_start_levels(ia_bits, granule)))
     # PS 52 bits only with 64 KiB pages here (4/16 KiB: see test_ps_52_bits_with_4k_16k).
     ps = draw(st.sampled_from([2, 4, 5, 5, 6] if granule == 65536 else [2, 4, 5, 5]))
     vtcr = make_vtcr(ia_bits, granule, start_level=start, ps=ps, ha=draw(st.booleans()))

@@ -971,15 +971,31 @@ cdef int map_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     return -EINVAL
 
 cdef int map_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
-    cdef u64 i
+    cdef u64 i, new
     cdef int ret
     cdef u64 gs = (<u64>1) << pt.g.page_shift
+    cdef MapData *data = <MapData *>ctx.arg
+    cdef bint cmo = not (ctx.flags & F_SKIP_CMO)
     cdef Walker w
     w.flags = ctx.flags
     w.max_level = LAST_LEVEL
     for i in range(n):
         ctx.ptep = ptep0 + i
         ctx.old = ctx.ptep[0]
+        if ctx.old == 0 and not data.annotation and leaf_mapping_allowed(pt, ctx, data):
+            # An empty entry (a table being filled): map_try_leaf() would
+            # lock it (no TLBI: nothing was mapped), do the CMOs, then write
+            # the page and take its reference. The same, without the detour.
+            new = init_valid_leaf_pte(pt, data.phys + (ctx.addr - ctx.start), data.attr, LAST_LEVEL)
+            if cmo and pte_cacheable(pt, new):
+                dcache_clean_inval_poc(pt, pte_to_phys(&pt.g, new), gs)
+            if cmo and pte_executable(new):
+                icache_inval_pou(pt, pte_to_phys(&pt.g, new), gs)
+            if pte_is_counted(new):
+                get_page(pt, ctx.ptep)
+            ctx.ptep[0] = new
+            ctx.addr = align_down(ctx.addr, gs) + gs
+            continue
         ret = map_walker(pt, ctx, F_LEAF)
         if not walk_continue(&w, ret):
             done[0] = i + 1

@@ -161,7 +161,8 @@ class Descriptor:
             return f"{head} -> {self.pa:#x}"
         if self.kind in ("reserved", "bad-block"):
             why = ("level-3 encoding 0b01 is reserved" if self.kind == "reserved"
-                   else f"no blocks at level {self.level} with a {human_size(self.granule)} granule")
+                   else f"no blocks at level {self.level} with a {human_size(self.granule)} granule"
+                   + (" unless PAs are 52 bits" if self.granule == 65536 and self.level == 1 else ""))
             return f"{head} pa={self.pa:#x} ({why}; descriptor {self.pte:#x})"
         if self.exec_el1 and self.exec_el0:
             x = "X(el1,el0)"

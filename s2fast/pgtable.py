@@ -74,7 +74,8 @@ def geometry(ia_bits: int, granule: int = 4096) -> Geometry:
 
 
 def _u64(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+    # timedelta64 is an np.integer subclass; it is a duration, not an address.
+    if isinstance(v, (bool, np.timedelta64)) or not isinstance(v, (int, np.integer)):
         raise TypeError(f"{name} must be an int, not {type(v).__name__} {v!r}")
     v = int(v)
     if v < 0 or v > U64_MAX:
@@ -229,7 +230,13 @@ class Stage2PageTable:
 
     def copy(self) -> "Stage2PageTable":
         """A writable pool table with the same descriptors (its tables at pool
-        addresses). Statistics start from zero."""
+        addresses). Statistics start from zero.
+
+        A pool is a KVM table on a host with 48-bit PAs: its VTCR is the one
+        ``geometry()`` computes (PS = 48 bits). Translations that depend on an
+        image's own PS can therefore differ in the copy: an output address
+        between the image's PS and 48 bits, one above 48 bits (64 KiB
+        pages), and a 64 KiB level-1 block, valid only under PS = 52."""
         from .image import copy_table
 
         return copy_table(self, type(self))

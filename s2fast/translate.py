@@ -85,22 +85,28 @@ def parse_access(access: Any) -> int:
 def as_ipas(ipas: Any) -> np.ndarray:
     """IPAs as a contiguous 1-D uint64 array (no copy when they already are).
 
-    A numpy array must hold integers; any other sequence is checked item by
-    item, so a Python int of 2**63 or more is taken as it is (numpy alone
-    would make such a list float64) and a bad item is named."""
+    A numpy array must hold integers. Anything else (a list, a range, one int)
+    is checked item by item like every other address argument, so a Python
+    int of 2**63 or more is taken as it is (numpy alone would make such a
+    list float64) and a bad item is named."""
     from .pgtable import _u64
 
-    arr = ipas if isinstance(ipas, np.ndarray) else np.asarray(ipas)
-    if not isinstance(ipas, np.ndarray) and arr.dtype.kind not in "iu":
-        if arr.size == 0:
+    if isinstance(ipas, np.ndarray):
+        if ipas.ndim > 1:
+            raise ValueError(f"ipas must be one-dimensional, not an array of shape {ipas.shape}")
+        if ipas.size == 0:
             return np.zeros(0, dtype=np.uint64)
-        if arr.ndim == 1:
-            return np.array([_u64(f"ipas[{i}]", v) for i, v in enumerate(ipas)], dtype=np.uint64)
-    if arr.ndim > 1:
-        raise ValueError(f"ipas must be one-dimensional, not an array of shape {arr.shape}")
-    # kind, not issubdtype: timedelta64 counts as an integer type to numpy.
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"ipas must be integers, not an array of {arr.dtype}")
-    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
-        raise ValueError(f"ipas holds a negative value {int(arr.min())}")
-    return np.ascontiguousarray(arr, dtype=np.uint64).reshape(-1)
+        # kind, not issubdtype: timedelta64 counts as an integer type to numpy.
+        if ipas.dtype.kind not in "iu":
+            raise TypeError(f"ipas must be integers, not an array of {ipas.dtype}")
+        if ipas.dtype.kind == "i" and ipas.min() < 0:
+            raise ValueError(f"ipas holds a negative value {int(ipas.min())}")
+        return np.ascontiguousarray(ipas, dtype=np.uint64).reshape(-1)
+    if isinstance(ipas, (int, np.integer)):
+        return np.array([_u64("ipa", ipas)], dtype=np.uint64)
+    try:
+        items = list(ipas)
+    except TypeError:
+        raise TypeError(f"ipas must be a uint64 array or a sequence of ints, not "
+                        f"{type(ipas).__name__} {ipas!r}") from None
+    return np.array([_u64(f"ipas[{i}]", v) for i, v in enumerate(items)], dtype=np.uint64)

@@ -1951,14 +1951,19 @@ cdef class Stage2Core:
                                        min(gsz, self._root_entries() * 8))
         self.pt.has_pgd = True
 
-    def translate(self, const u64[::1] ipas, int access, bint ha, bint xnx):
-        """Architectural stage-2 translation of every IPA: a TRANSLATE_DTYPE array."""
+    def translate(self, const u64[::1] ipas, int access, bint ha, bint xnx, object out=None):
+        """Architectural stage-2 translation of every IPA: a TRANSLATE_DTYPE
+        array, written into ``out`` when given (checked by the caller)."""
         cdef Py_ssize_t n = ipas.shape[0]
         cdef TCfg cfg
         cdef TRow *rows
         if not 0 <= access <= 3:
             raise ValueError(f"access {access} is outside 0..3")
-        out = np.empty(n, dtype=TRANSLATE_DTYPE)
+        if out is None:
+            out = np.empty(n, dtype=TRANSLATE_DTYPE)
+        elif not (isinstance(out, np.ndarray) and out.dtype == TRANSLATE_DTYPE and out.shape == (n,)
+                  and out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError("out must be a writable C-contiguous TRANSLATE_DTYPE array of len(ipas) rows")
         if n == 0:
             return out
         rows = <TRow *>cnp.PyArray_DATA(out)

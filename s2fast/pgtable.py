@@ -252,18 +252,24 @@ class Stage2PageTable:
     # -- architectural translation ---------------------------------------------
 
     def translate_batch(self, ipas: Any, access: Any = "read", *, ha: Optional[bool] = None,
-                        xnx: Optional[bool] = None) -> np.ndarray:
+                        xnx: Optional[bool] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
         """The MMU's stage-2 translation of every IPA for one access kind
         ("read", "write", "exec_el1", "exec_el0" or s2fast.Access): a
         TRANSLATE_DTYPE array (ipa, ok, pa, level, block_size, desc, readable,
         writable, exec_el1, exec_el0, fault, fault_level, fsc). ``ha`` (VTCR.HA)
-        and ``xnx`` (FEAT_XNX) default to the table's."""
-        from .translate import as_ipas, parse_access
+        and ``xnx`` (FEAT_XNX) default to the table's. ``out``, an array of
+        that dtype and length, is filled and returned instead of a new one:
+        a fresh array of millions of rows costs the kernel page zeroing on
+        every call, a reused one does not."""
+        from .translate import as_ipas, check_out, parse_access
 
         acc = parse_access(access)
         ha = self._core.ha if ha is None else _bool_arg("ha", ha)
         xnx = self.xnx if xnx is None else _bool_arg("xnx", xnx)
-        return self._core.translate(as_ipas(ipas), acc, ha, xnx)
+        arr = as_ipas(ipas)
+        if out is not None:
+            check_out(out, arr)
+        return self._core.translate(arr, acc, ha, xnx, out)
 
     def translate(self, ipa: int, access: Any = "read", *, ha: Optional[bool] = None,
                   xnx: Optional[bool] = None) -> Any:

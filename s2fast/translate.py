@@ -110,3 +110,17 @@ def as_ipas(ipas: Any) -> np.ndarray:
         raise TypeError(f"ipas must be a uint64 array or a sequence of ints, not "
                         f"{type(ipas).__name__} {ipas!r}") from None
     return np.array([_u64(f"ipas[{i}]", v) for i, v in enumerate(items)], dtype=np.uint64)
+
+
+def check_out(out: Any, ipas: np.ndarray) -> None:
+    """``out`` must be a writable row per IPA, apart from the IPAs."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy array of TRANSLATE_DTYPE, not {type(out).__name__}")
+    if out.dtype != TRANSLATE_DTYPE:
+        raise TypeError(f"out must have dtype s2fast.TRANSLATE_DTYPE, not {out.dtype}")
+    if out.shape != ipas.shape:
+        raise ValueError(f"out has shape {out.shape}; {ipas.size} IPAs need shape {ipas.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writable")
+    if np.may_share_memory(out, ipas):
+        raise ValueError("out overlaps the ipas array: rows would overwrite IPAs not yet read")

@@ -398,6 +398,41 @@ def test_translate_batch_input_checks():
     assert pt.translate_batch(np.uint64(7))["ipa"].tolist() == [7]
     with pytest.raises(TypeError, match="ipa must be an int, not timedelta64"):
         pt.translate(np.timedelta64(4096, "D"), "read")
+
+
+def test_translate_batch_out_is_filled_and_checked():
+    """out= reuses a result array: the same rows as a fresh call, every row
+    rewritten; a wrong dtype, shape, layout or an overlap with the IPAs is
+    refused before anything is written."""
+    b = ImageBuilder(4096, 40)
+    b.put(0x4000_1000, 3, b.leaf_desc(3, 0x9_0000_0000))
+    pt = Stage2PageTable.from_image(PhysMem.from_array(b.words, b.base_pa), vttbr=b.vttbr, vtcr=b.vtcr)
+    ipas = np.array([0x4000_1234, 0x10, 1 << 45], dtype=np.uint64)
+    fresh = pt.translate_batch(ipas, "read")
+    out = np.full(3, fresh[0], dtype=s2fast.TRANSLATE_DTYPE)      # stale rows everywhere
+    got = pt.translate_batch(ipas, "read", out=out)
+    assert got is out and out.tobytes() == fresh.tobytes()
+    assert out["ok"].tolist() == [True, False, False]
+    before = out.tobytes()
+    for bad, exc, match in [
+        (np.zeros(3, dtype=np.uint64), TypeError, "dtype s2fast.TRANSLATE_DTYPE"),
+        (np.zeros(2, dtype=s2fast.TRANSLATE_DTYPE), ValueError, r"shape \(2,\)"),
+        (np.zeros(6, dtype=s2fast.TRANSLATE_DTYPE)[::2], ValueError, "C-contiguous"),
+        ([None] * 3, TypeError, "numpy array"),
+    ]:
+        with pytest.raises(exc, match=match):
+            pt.translate_batch(ipas, "read", out=bad)
+    ro = out.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writable"):
+        pt.translate_batch(ipas, "read", out=ro)
+    # IPAs inside the output's own memory would be overwritten mid-batch.
+    raw = np.zeros(3 * s2fast.TRANSLATE_DTYPE.itemsize, dtype=np.uint8)
+    shared_ipas = raw[:24].view(np.uint64)
+    shared_ipas[:] = ipas
+    with pytest.raises(ValueError, match="overlaps"):
+        pt.translate_batch(shared_ipas, "read", out=raw.view(s2fast.TRANSLATE_DTYPE))
+    assert out.tobytes() == before and shared_ipas.tolist() == ipas.tolist()
     for bad, exc, match in [
         ([1 << 64], ValueError, r"ipas\[0\] 18446744073709551616 is outside"),
         ([1, -1, 1 << 64], ValueError, r"ipas\[1\] -1 is outside"),

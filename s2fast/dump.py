@@ -90,13 +90,17 @@ def _leaf_kind(pte: int, level: int, granule: int, ps_bits: int) -> str:
     return "block" if block_allowed(level, granule, ps_bits) else "bad-block"
 
 
+def _columns(entries: np.ndarray, granule: int) -> tuple:
+    """ipa, level, pte and end (ipa + the entry's size) of leaves() or annotations() rows."""
+    ipa = np.ascontiguousarray(entries["ipa"])
+    lvl = np.ascontiguousarray(entries["level"])
+    return ipa, lvl, np.ascontiguousarray(entries["pte"]), ipa + _sizes(lvl, granule)
+
+
 def _leaf_runs(leaves: np.ndarray, granule: int, fwb: bool, xnx: bool, ps_bits: int) -> list[DumpRun]:
     if leaves.size == 0:
         return []
-    ipa = np.ascontiguousarray(leaves["ipa"])
-    lvl = np.ascontiguousarray(leaves["level"])
-    pte = np.ascontiguousarray(leaves["pte"])
-    end = ipa + _sizes(lvl, granule)
+    ipa, lvl, pte, end = _columns(leaves, granule)
     # The attributes that split a run are a function of these descriptor bits
     # and the level: type (1:0, with the level giving block/page), MemAttr,
     # S2AP, AF, the XN bits that count, and the software bits.
@@ -127,10 +131,7 @@ def _leaf_runs(leaves: np.ndarray, granule: int, fwb: bool, xnx: bool, ps_bits: 
 def _annotation_runs(ann: np.ndarray, granule: int) -> list[DumpRun]:
     if ann.size == 0:
         return []
-    ipa = np.ascontiguousarray(ann["ipa"])
-    lvl = np.ascontiguousarray(ann["level"])
-    pte = np.ascontiguousarray(ann["pte"])
-    end = ipa + _sizes(lvl, granule)
+    ipa, lvl, pte, end = _columns(ann, granule)
     starts, ends = _run_bounds(ipa, end, pte, lvl)
     out = []
     for s, e, v, lv, lo, hi in zip(starts.tolist(), ends.tolist(), pte[starts].tolist(), lvl[starts].tolist(),

@@ -1953,7 +1953,9 @@ cdef class Stage2Core:
 
     def translate(self, const u64[::1] ipas, int access, bint ha, bint xnx, object out=None):
         """Architectural stage-2 translation of every IPA: a TRANSLATE_DTYPE
-        array, written into ``out`` when given (checked by the caller)."""
+        array, written into ``out`` when given. translate_batch() explains a
+        bad ``out`` in detail; the check here only keeps the C loop inside
+        the buffer for any caller of the core."""
         cdef Py_ssize_t n = ipas.shape[0]
         cdef TCfg cfg
         cdef TRow *rows

@@ -1627,9 +1627,9 @@ class Stage2PageTable:
         mm = self.mm_ops
         mem, ptrs = mm.mem, mm.ptrs_per_pte
 
-        def table(base: int, ipa: int, level: int):
+        def table(base: int, ipa: int, level: int, n: int = ptrs):
             shift = mm.level_shift[level]
-            for i in range(ptrs):
+            for i in range(n):
                 pte = mem[base + i]
                 if not pte:
                     continue
@@ -1638,9 +1638,12 @@ class Stage2PageTable:
                 if kvm_pte_table(pte, level):
                     yield from table(mm.follow_table(pte, addr, level), addr, level + 1)
 
+        # A root page's entries beyond the IPA space are reached by no walk
+        # (kvm_pgtable_walk() stops at BIT(ia_bits)), so they are not listed.
         span = mm.level_shift[self.start_level - 1]
+        used = min(ptrs, 1 << max(0, self.ia_bits - mm.level_shift[self.start_level]))
         for p in range(self.pgd_pages):
-            yield from table(self.pgd + p * ptrs, p << span, self.start_level)
+            yield from table(self.pgd + p * ptrs, p << span, self.start_level, used)
 
     def _dump(self, want_valid: bool) -> np.ndarray:
         ipas, levels, ptes = array("Q"), array("b"), array("Q")

@@ -54,7 +54,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
@@ -1077,6 +1077,31 @@ def test_random_walks(scn):
 
 @settings(max_examples=600, **COMMON)
 @given(scenarios(weights=dict(WALK_HEAVY_WEIGHTS, walk=12), fuzz=True, max_ops=16))
+@example(
+    scn=(Config(granule=4096,
+      ia_bits=35,
+      fwb=False,
+      xnx=False,
+      tlb_range=False),
+     (),
+     [Op(kind='free_unlinked',
+       args=(('which', 0), ('level', None), ('page', 0))),
+      Op(kind='relax_perms',
+       args=(('ipa', 1_073_741_824), ('prot', 12), ('flags', 0))),
+      Op(kind='relax_perms',
+       args=(('ipa', 1_073_741_824), ('prot', 12), ('flags', 0))),
+      Op(kind='mkyoung', args=(('ipa', 0), ('flags', 8))),
+      Op(kind='unmap', args=(('ipa', 0), ('size', 4096))),
+      Op(kind='unmap', args=(('ipa', 0), ('size', 4096))),
+      Op(kind='unmap', args=(('ipa', 1_073_741_824), ('size', 4096))),
+      Op(kind='map',
+       args=(('ipa', 1_071_644_672),
+        ('size', 2097152),
+        ('phys', 4_399_118_155_776),
+        ('prot', 12),
+        ('mc', ('new', 64, 'fail')),
+        ('flags', 0)))]),
+).via("root page freed as an unlinked table: reference listed root entries beyond the IPA space")
 def test_safety_fuzz(scn):
     cfg, shared, ops = scn
     run_sequence(cfg, shared, ops)

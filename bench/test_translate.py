@@ -3,7 +3,7 @@
 * ``translate_batch`` on a 64 GiB guest mapped with 4 KiB pages: 1 M random
   IPAs and 16 M sequential IPAs (every page of the guest in order), each
   quoted as IPAs per second next to a pure-Python translation
-  (``tests/arch_translate.py``) of a 20 000-IPA sample timed in the same run.
+  (``tests/models/arch_translate.py``) of a 20 000-IPA sample timed in the same run.
   Targets: 5 M random and 30 M sequential IPAs/s.
 * ``from_image`` of a 1 GiB memory-mapped image: the exported tables of a
   512 GiB 4 KiB guest (262 659 table pages, 1.0 GiB), written once per
@@ -26,7 +26,7 @@ import s2fast
 from s2fast import MemCache, Stage2PageTable
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
-import arch_translate as arch  # noqa: E402
+from models import arch_translate as arch  # noqa: E402
 
 GiB = 1 << 30
 GUEST = 64 * GiB

@@ -22,8 +22,14 @@ __all__ = [
     "EPERM", "ENOENT", "E2BIG", "EAGAIN", "ENOMEM", "EFAULT", "EBUSY", "EEXIST", "EINVAL", "ERANGE",
 ]
 __version__ = "0.1.0"
-from .vm import (PRESETS, VM, Backing, Comparison, Memslot, Preset, PresetResult, RunResult, TableDiff,
-                 Workload, compare, diff_tables, parse_size, run_preset)
+from .comparison import Comparison, compare
+from .memslot import Backing, Memslot
+from .mmu import VM
+from .presets import PRESETS, Preset, PresetResult, run_preset
+from .sizes import parse_size
+from .variants import TableDiff, diff_tables
+from .workload import RunResult, Workload
+from . import vm  # noqa: F401  (s2fast.vm: the workload layer's names under their old module)
 
 __all__ += ["VM", "Memslot", "Backing", "Workload", "RunResult", "Comparison", "TableDiff", "Preset",
             "PresetResult", "PRESETS", "compare", "run_preset", "diff_tables", "parse_size"]

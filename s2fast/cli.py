@@ -19,9 +19,13 @@ import time
 from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
-from .variants import Strategy
-from .vm import (PATTERNS, PRESETS, Comparison, PresetResult, Workload, compare, format_size, host_rules,
-                 parse_size, run_preset)
+from .comparison import Comparison, compare
+from .geometry import GRANULES
+from .hostrules import host_rules
+from .presets import PRESETS, PresetResult, run_preset
+from .sizes import format_size, parse_size
+from .variants import Strategy, parse_strategy
+from .workload import PATTERNS, Workload
 
 DEFAULTS = Workload()
 
@@ -99,11 +103,10 @@ def _reg_arg(name: str):
 def _strategies_arg(text: str) -> list[Strategy]:
     if text.strip().lower() == "all":
         return list(Strategy)
-    from .vm import _strategy
     out = []
     for part in text.split(","):
         try:
-            out.append(_strategy(part))
+            out.append(parse_strategy(part))
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return out
@@ -456,11 +459,11 @@ DUMP_BASE = 1 << 30
 
 def _dump_backings(granule: int) -> dict:
     """Backing name -> leaf size for a granule: its page and block sizes."""
-    from .pgtable import geometry
+    from .geometry import geometry
 
     g = geometry(40, granule)
     sizes = [granule] + [g.level_size(lv) for lv in range(g.min_block_level, 3)]
-    return {format_size(n).replace(" ", "").replace("iB", "").lower(): n for n in sizes}
+    return {format_size(n, compact=True).lower(): n for n in sizes}
 
 
 def _dump_pool(args: argparse.Namespace) -> Any:
@@ -471,7 +474,7 @@ def _dump_pool(args: argparse.Namespace) -> Any:
     from ._walk import MemCache
 
     granule = 4096 if args.granule is None else args.granule
-    if granule not in (4096, 16384, 65536):
+    if granule not in GRANULES:
         raise UsageError(f"--granule: {format_size(granule)} is not one of 4K, 16K, 64K")
     backings = _dump_backings(granule)
     size = 4 << 30 if args.guest_size is None else args.guest_size

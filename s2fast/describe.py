@@ -17,10 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import numpy as np
+
+from . import checks
+from .geometry import ADDR_51_48, GRANULES, block_allowed, level_shift, output_address  # noqa: F401 (their old home)
+from .sizes import format_size
 
 U64_MAX = (1 << 64) - 1
-GRANULES = (4096, 16384, 65536)
 
 PTE_VALID = 1 << 0
 PTE_TYPE = 1 << 1
@@ -33,7 +35,6 @@ XN_SHIFT, XN_MASK = 53, 3 << 53
 SW_SHIFT, SW_MASK = 55, 0xF << 55
 OWNER_SHIFT, OWNER_MASK = 2, 0xFF << 2
 INVALID_LOCKED = 1 << 10
-ADDR_51_48 = 0xF << 12
 
 SHAREABILITY = {0: "non", 1: "reserved", 2: "outer", 3: "inner"}
 
@@ -85,39 +86,12 @@ def exec_perms(xn: int, xnx: bool = True) -> tuple[bool, bool]:
     return {0: (True, True), 1: (False, True), 2: (False, False), 3: (True, False)}[xn]
 
 
-def level_shift(level: int, granule: int) -> int:
-    """Bits of IPA one entry at ``level`` maps (ARM64_HW_PGTABLE_LEVEL_SHIFT)."""
-    page_shift = granule.bit_length() - 1
-    return (page_shift - 3) * (4 - level) + 3
-
-
 PS_SIZES = (32, 36, 40, 42, 44, 48, 52)
-
-
-def block_allowed(level: int, granule: int, ps_bits: int = 48) -> bool:
-    """Whether the architecture lets ``level`` hold a block: levels 1-2 with
-    4 KiB pages, level 2 with 16 or 64 KiB, and with 64 KiB level 1 too on a
-    CPU with 52-bit PAs (FEAT_LPA), which an output size of 52 bits implies."""
-    if granule == 65536 and level == 1 and ps_bits == 52:
-        return True
-    return level >= (1 if granule == 4096 else 2)
-
-
-def output_address(pte: int, granule: int) -> int:
-    """The address bits of a descriptor (kvm_pte_to_phys())."""
-    page_shift = granule.bit_length() - 1
-    pa = pte & ((1 << 48) - 1) & ~((1 << page_shift) - 1)
-    if granule == 65536:
-        pa |= ((pte & ADDR_51_48) >> 12) << 48
-    return pa
 
 
 def human_size(n: int) -> str:
     """4K, 2M, 1G, 512G, 16E ... the largest unit that divides ``n``; else bytes."""
-    for unit, shift in (("E", 60), ("P", 50), ("T", 40), ("G", 30), ("M", 20), ("K", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return f"{n}B"
+    return format_size(n, compact=True)
 
 
 @dataclass(frozen=True)
@@ -180,19 +154,7 @@ class Descriptor:
 
 
 def _check(pte: Any, level: Any, granule: Any) -> tuple[int, int, int]:
-    if isinstance(pte, bool) or not isinstance(pte, (int, np.integer)):
-        raise TypeError(f"pte must be an int, not {type(pte).__name__} {pte!r}")
-    pte = int(pte)
-    if not 0 <= pte <= U64_MAX:
-        raise ValueError(f"pte {pte!r} is outside 0..2**64-1")
-    if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
-        raise TypeError(f"level must be an int, not {type(level).__name__} {level!r}")
-    level = int(level)
-    if not -1 <= level <= 3:
-        raise ValueError(f"level {level} is outside -1..3")
-    if isinstance(granule, bool) or not isinstance(granule, (int, np.integer)):
-        raise TypeError(f"granule must be an int, not {type(granule).__name__} {granule!r}")
-    granule = int(granule)
+    pte, level, granule = checks.u64("pte", pte), checks.level(level), checks.integer("granule", granule)
     if granule not in GRANULES:
         raise ValueError(f"granule {granule!r} is not one of {GRANULES}")
     return pte, level, granule
@@ -208,13 +170,9 @@ def describe(pte: int, level: int, *, granule: int = 4096, fwb: bool = False, xn
     is used with (VTCR_EL2.PS: 32 to 52 bits; with 64 KiB pages and 52 bits a
     level-1 block is valid)."""
     pte, level, granule = _check(pte, level, granule)
-    if isinstance(ps_bits, bool) or not isinstance(ps_bits, (int, np.integer)):
-        raise TypeError(f"ps_bits must be an int, not {type(ps_bits).__name__} {ps_bits!r}")
-    if ps_bits not in PS_SIZES:
+    if checks.integer("ps_bits", ps_bits) not in PS_SIZES:
         raise ValueError(f"ps_bits {ps_bits!r} is not an output size VTCR_EL2.PS can select {PS_SIZES}")
-    for name, v in (("fwb", fwb), ("xnx", xnx)):
-        if not isinstance(v, (bool, np.bool_)):
-            raise TypeError(f"{name} must be a bool, not {type(v).__name__} {v!r}")
+    fwb, xnx = checks.boolean("fwb", fwb), checks.boolean("xnx", xnx)
     shift = level_shift(level, granule)
     size = 1 << shift
     common = dict(pte=pte, level=level, granule=granule, size=size)

@@ -20,7 +20,9 @@ from typing import Any, Optional
 import numpy as np
 
 from .describe import (AF, INVALID_LOCKED, MEMATTR_MASK, OWNER_MASK, OWNER_SHIFT, S2AP_R, S2AP_W, SW_MASK, XN_MASK,
-                       exec_perms, human_size, level_shift, memtype_name, block_allowed, output_address)
+                       exec_perms, memtype_name)
+from .geometry import block_allowed, entry_sizes, level_shift, output_address
+from .sizes import format_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +62,6 @@ class DumpRun:
         return d
 
 
-def _sizes(levels: np.ndarray, granule: int) -> np.ndarray:
-    lut = np.array([1 << level_shift(lv, granule) if level_shift(lv, granule) < 64 else 0
-                    for lv in range(-1, 4)], dtype=np.uint64)
-    return lut[levels.astype(np.intp) + 1]
-
-
 def _run_bounds(ipa: np.ndarray, end: np.ndarray, key: np.ndarray, lvl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start and end indices of the runs: a run breaks where the key or the
     level changes or the IPA is not where the last entry ended."""
@@ -94,7 +90,7 @@ def _columns(entries: np.ndarray, granule: int) -> tuple:
     """ipa, level, pte and end (ipa + the entry's size) of leaves() or annotations() rows."""
     ipa = np.ascontiguousarray(entries["ipa"])
     lvl = np.ascontiguousarray(entries["level"])
-    return ipa, lvl, np.ascontiguousarray(entries["pte"]), ipa + _sizes(lvl, granule)
+    return ipa, lvl, np.ascontiguousarray(entries["pte"]), ipa + entry_sizes(granule)[lvl.astype(np.intp) + 1]
 
 
 def _leaf_runs(leaves: np.ndarray, granule: int, fwb: bool, xnx: bool, ps_bits: int) -> list[DumpRun]:
@@ -144,13 +140,17 @@ def _annotation_runs(ann: np.ndarray, granule: int) -> list[DumpRun]:
 def dump_runs(pt: Any) -> list[DumpRun]:
     """Every run of ``pt`` (a ``Stage2PageTable``, pool or image) in IPA order."""
     granule = int(pt.granule)
-    leaves = _leaf_runs(pt.leaves(), granule, bool(pt.fwb), bool(pt.xnx), int(pt._core.ps_bits))
+    leaves = _leaf_runs(pt.leaves(), granule, bool(pt.fwb), bool(pt.xnx), pt.ps_bits)
     ann = _annotation_runs(pt.annotations(), granule)
     if not ann:
         return leaves
     if not leaves:
         return ann
     return sorted(leaves + ann, key=lambda r: r.start)
+
+
+def _size(n: int) -> str:
+    return format_size(n, compact=True)
 
 
 _HEADERS = ("IPA range", "size", "level", "type", "R/W", "exec", "memtype", "AF", "SW", "annotation")
@@ -170,9 +170,9 @@ def _row(r: DumpRun) -> tuple[str, ...]:
     rng = f"{r.start:#018x}-{r.end:#018x}"
     if r.kind == "annotation":
         what = "locked" if r.locked else f"owner={r.owner}"
-        return (rng, human_size(r.size), f"L{r.level}", "invalid", "", "", "", "", "", f"{what} ({r.annotation:#x})")
+        return (rng, _size(r.size), f"L{r.level}", "invalid", "", "", "", "", "", f"{what} ({r.annotation:#x})")
     rw = ("R" if r.readable else "-") + ("W" if r.writable else "-")
-    return (rng, human_size(r.size), f"L{r.level}", r.kind, rw, _exec_text(r), str(r.memtype),
+    return (rng, _size(r.size), f"L{r.level}", r.kind, rw, _exec_text(r), str(r.memtype),
             "AF" if r.af else "-", f"{r.sw:#x}", "")
 
 
@@ -189,9 +189,9 @@ def format_dump(pt: Any, *, json: bool = False) -> str:
     mapped = sum(r.size for r in runs if r.kind != "annotation")
     ia = getattr(pt, "ia_bits", None)
     title = (f"stage-2 dump: {str(ia) + '-bit IPA, ' if ia is not None else ''}"
-             f"{human_size(int(pt.granule))} granule, fwb={'on' if pt.fwb else 'off'}, "
+             f"{_size(int(pt.granule))} granule, fwb={'on' if pt.fwb else 'off'}, "
              f"xnx={'on' if pt.xnx else 'off'}: {len(runs)} runs, {n_leaves} leaves mapping "
-             f"{human_size(mapped) if mapped else '0'}, {n_ann} annotations")
+             f"{_size(mapped) if mapped else '0'}, {n_ann} annotations")
     rows = [_row(r) for r in runs]
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(_HEADERS)]
     right = (False, True, False, False, False, False, False, False, False, False)

@@ -1,142 +1,43 @@
-"""Stage-2 tables outside the pool: decoding VTTBR_EL2/VTCR_EL2 as a CPU
-holds them, opening tables in a memory image read-only, exporting a pool
-table as an image, and importing an image back into a pool.
+"""Stage-2 tables outside the pool: opening tables in a memory image
+read-only, exporting a pool table as an image, and importing an image back
+into a pool. The registers are decoded by s2fast.registers.
 
-The register layouts and the start-level rules are the architecture's (the
-kernel's nested-virtualisation walker, arch/arm64/kvm/nested.c, applies the
-same ones)."""
+Tables are built through ``Stage2PageTable._from_core`` (the class is passed
+in by the facade, which imports this module, never the reverse)."""
 from __future__ import annotations
 
 import bisect
 import json
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
-from . import _walk
-from .pgtable import _bool_arg as _bool
-from .pgtable import _u64 as _reg
+from . import _walk, checks
+from .errors import CorruptTableError
+from .geometry import address_bits, geometry, output_address
+from .physmem import PhysMem
+from .registers import PS_BITS, TG0_GRANULE, Vtcr, decode_vtcr, decode_vttbr  # noqa: F401 (their old home)
 
-if TYPE_CHECKING:
-    from .pgtable import Stage2PageTable
-
-# VTCR_EL2.PS -> output-address bits.
-PS_BITS = {0: 32, 1: 36, 2: 40, 3: 42, 4: 44, 5: 48, 6: 52}
-# VTCR_EL2.TG0 -> granule.
-TG0_GRANULE = {0: 4096, 1: 65536, 2: 16384}
 IMAGE_FORMAT = "s2fast-image"
 IMAGE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Vtcr:
-    """The fields of VTCR_EL2 that shape a stage-2 walk."""
-
-    value: int
-    t0sz: int
-    sl0: int
-    granule: int
-    ps_bits: int
-    ha: bool
-
-    @property
-    def ia_bits(self) -> int:
-        return 64 - self.t0sz
-
-    @property
-    def page_shift(self) -> int:
-        return self.granule.bit_length() - 1
-
-    @property
-    def start_level(self) -> int:
-        # SL0 counts levels up from level 2 (4 KiB) or level 3 (16/64 KiB).
-        return (2 if self.granule == 4096 else 3) - self.sl0
-
-    @property
-    def level_shift(self) -> int:
-        """Address bits below the start level's index."""
-        return (3 - self.start_level) * (self.page_shift - 3) + self.page_shift
-
-    @property
-    def pgd_pages(self) -> int:
-        """Concatenated root pages."""
-        return 1 << max(0, self.ia_bits - self.level_shift - (self.page_shift - 3))
-
-    @property
-    def root_align(self) -> int:
-        """Bytes the root is aligned to (its size, concatenation included)."""
-        return self.pgd_pages * self.granule if self.ia_bits - self.level_shift >= self.page_shift - 3 \
-            else 8 << (self.ia_bits - self.level_shift)
-
-
-def decode_vtcr(vtcr: int) -> Vtcr:
-    """Decode VTCR_EL2; a ValueError names what is not a valid stage-2 setup."""
-    vtcr = _reg("vtcr", vtcr)
-    t0sz, sl0 = vtcr & 0x3F, (vtcr >> 6) & 3
-    tg0, ps = (vtcr >> 14) & 3, (vtcr >> 16) & 7
-    if tg0 not in TG0_GRANULE:
-        raise ValueError(f"vtcr {vtcr:#x}: TG0 {tg0:#b} is a reserved granule encoding")
-    if ps not in PS_BITS:
-        raise ValueError(f"vtcr {vtcr:#x}: PS {ps} is a reserved output-size encoding")
-    granule = TG0_GRANULE[tg0]
-    ds = vtcr >> 32 & 1
-    if ds and granule != 65536:
-        raise ValueError(f"vtcr {vtcr:#x}: DS=1 selects the FEAT_LPA2 descriptor format, "
-                         "which is not supported")
-    # Without LPA2, 4 and 16 KiB descriptors hold 48 address bits: PS=52 reads as 48.
-    ps_bits = 48 if PS_BITS[ps] == 52 and granule != 65536 else PS_BITS[ps]
-    v = Vtcr(vtcr, t0sz, sl0, granule, ps_bits, bool(vtcr >> 21 & 1))
-    ia, level, stride = v.ia_bits, v.start_level, v.page_shift - 3
-    if not 25 <= ia <= 48:
-        raise ValueError(f"vtcr {vtcr:#x}: T0SZ {t0sz} gives a {ia}-bit IPA space; "
-                         "25 to 48 bits are supported")
-    # The architecture's limits on the start level for each granule.
-    if v.granule == 4096 and sl0 == 3:
-        raise ValueError(f"vtcr {vtcr:#x}: SL0 3 with 4 KiB pages (level 3 start) needs FEAT_TTST, "
-                         "which is not supported")
-    # The IPA size must leave the start level at least one index bit and at
-    # most 16 concatenated tables' worth (the ASL's S2InconsistentSL); the
-    # start levels that also depend on the CPU's PAMax are taken as present.
-    bad_level = level == 0 and v.granule != 4096
-    start_bits = ia - v.level_shift
-    if bad_level or not 1 <= start_bits <= stride + 4:
-        raise ValueError(f"vtcr {vtcr:#x}: a {ia}-bit IPA space cannot start at level {level} "
-                         f"with {v.granule // 1024} KiB pages (SL0 {sl0})")
-    return v
-
-
-def decode_vttbr(vttbr: int, v: Vtcr) -> int:
-    """The root table's PA from VTTBR_EL2: VMID (63:48) and CnP (0) dropped,
-    bits below the root's alignment ignored; with 64 KiB pages and 52-bit PAs
-    BADDR[51:48] sits in bits 5:2."""
-    vttbr = _reg("vttbr", vttbr)
-    root = vttbr & ((1 << 48) - 1) & ~(v.root_align - 1) & ~1
-    if v.ps_bits == 52:
-        # Bits 5:2 are BADDR[51:48], so the root is at least 64-byte aligned.
-        root = (root & ~0x3F) | ((vttbr >> 2) & 0xF) << 48
-    return root
+# A table is passed around as Any: naming Stage2PageTable here would import the facade back.
+Table = Any
 
 
 def table_oa(desc: np.ndarray, granule: int) -> np.ndarray:
     """Next-table / output address bits of descriptors (52-bit with 64 KiB)."""
-    pa = desc & np.uint64(((1 << 48) - 1) & ~(granule - 1))
-    if granule == 65536:
-        pa |= ((desc >> np.uint64(12)) & np.uint64(0xF)) << np.uint64(48)
-    return pa
+    return output_address(desc, granule)
 
 
-def read_page(core: Any, pa: int, is_root: bool, root_entries: int, ptrs: int) -> Optional[np.ndarray]:
+def read_page(pt: Table, pa: int, is_root: bool, root_entries: int, ptrs: int) -> Optional[np.ndarray]:
     """A table's entries; for a root page only those inside the IPA space
     (a root smaller than a page need only be that big, at any 8-byte
     alignment its size allows)."""
-    if not is_root:
-        return core.read_table(pa)
-    return core.read_table(pa, min(ptrs, root_entries))
+    return pt._read_table(pa, min(ptrs, root_entries) if is_root else None)
 
 
-def scan_tables(core: Any, start_level: int, root_pa: int, pgd_pages: int, granule: int,
+def scan_tables(pt: Table, start_level: int, root_pa: int, pgd_pages: int, granule: int,
                 root_entries: int) -> tuple:
     """Every table page reachable from the root, level by level, as three
     uint64/int arrays (pa, level, parent entry PA or NO_PARENT for a root
@@ -155,7 +56,7 @@ def scan_tables(core: Any, start_level: int, root_pa: int, pgd_pages: int, granu
     while frontier.size and level < 3:
         kids, froms = [], []
         for pa in frontier.tolist():
-            page = read_page(core, pa, level == start_level, root_entries, ptrs)
+            page = read_page(pt, pa, level == start_level, root_entries, ptrs)
             if page is None:
                 continue
             idx = np.flatnonzero((page & np.uint64(3)) == np.uint64(3))
@@ -189,33 +90,24 @@ def _refuse_aliases(pas: np.ndarray, parents: np.ndarray, level: int) -> None:
 
 
 def open_image(cls: type, physmem: Any, *, vttbr: Any, vtcr: Any, xnx: Any = True,
-               fwb: Any = False, allow_aliases: Any = False) -> "Stage2PageTable":
+               fwb: Any = False, allow_aliases: Any = False) -> Table:
     """Stage2PageTable.from_image() for a PhysMem (see its docstring)."""
-    from .errors import CorruptTableError
-    from .pgtable import Geometry
-
     segments = getattr(physmem, "segments", None)
     if segments is None:
         raise TypeError(f"physmem must be an s2fast.PhysMem (or a path to an exported image), "
                         f"not {type(physmem).__name__} {physmem!r}")
     v = decode_vtcr(vtcr)
     root = decode_vttbr(vttbr, v)
-    xnx, fwb = _bool("xnx", xnx), _bool("fwb", fwb)
-    allow_aliases = _bool("allow_aliases", allow_aliases)
-    pt = cls.__new__(cls)
-    pt.geometry = Geometry(v.granule, v.ia_bits, v.start_level, v.pgd_pages, v.granule // 8, v.value)
-    pt.fwb, pt.xnx, pt.tlb_range = fwb, xnx, False
-    pt.physmem = physmem
+    xnx, fwb = checks.boolean("xnx", xnx), checks.boolean("fwb", fwb)
+    allow_aliases = checks.boolean("allow_aliases", allow_aliases)
+    segs, patched = engine_segments(segments, v, root, v.root_entries)
     core = _walk.Stage2Core.__new__(_walk.Stage2Core)
-    root_entries = 1 << (v.ia_bits - v.level_shift)
-    segs, patched = engine_segments(segments, v, root, root_entries)
     core.init_image(v.page_shift, v.ia_bits, v.start_level, v.pgd_pages, root, fwb, xnx,
                     v.ps_bits, v.ha, segs, CorruptTableError)
-    pt._core = core
-    pt.vttbr = int(vttbr)
-    pt.patched_pages = patched
+    pt = cls._from_core(core, v.geometry(), fwb=fwb, xnx=xnx, tlb_range=False, vttbr=int(vttbr),
+                        physmem=physmem, patched_pages=patched)
     if not allow_aliases:
-        scan_tables(core, v.start_level, root, v.pgd_pages, v.granule, root_entries)
+        scan_tables(pt, v.start_level, root, v.pgd_pages, v.granule, v.root_entries)
     return pt
 
 
@@ -328,10 +220,8 @@ def read_sidecar(path: Union[str, os.PathLike]) -> dict:
 
 def open_exported(cls: type, path: Union[str, os.PathLike], *, vttbr: Optional[int] = None,
                   vtcr: Optional[int] = None, xnx: Optional[bool] = None,
-                  fwb: Optional[bool] = None, allow_aliases: bool = False) -> "Stage2PageTable":
+                  fwb: Optional[bool] = None, allow_aliases: bool = False) -> Table:
     """Open an image written by export_image(): the raw pages plus PATH.json."""
-    from .physmem import PhysMem
-
     meta = read_sidecar(path)
     pm = PhysMem.from_file(path, meta["base_pa"])
     return open_image(cls, pm, vttbr=meta["vttbr"] if vttbr is None else vttbr,
@@ -341,24 +231,21 @@ def open_exported(cls: type, path: Union[str, os.PathLike], *, vttbr: Optional[i
                       allow_aliases=allow_aliases)
 
 
-def export_image(pt: "Stage2PageTable", path: Union[str, os.PathLike]) -> dict:
+def export_image(pt: Table, path: Union[str, os.PathLike]) -> dict:
     """Write pt's table pages to PATH (raw, one segment from base_pa) and
     PATH.json. An image-backed table is imported into a pool first, so its
     tables move to pool addresses; leaves and translations do not change."""
-    if not pt._core.has_pgd:
-        raise ValueError("this page table has been destroyed: there is nothing to export")
+    pt._require_tables("export")
     if pt.read_only:
         pt = pt.copy()
-    core = pt._core
-    pool = np.array(core.descriptors, copy=True).reshape(-1, pt.ptrs_per_table)
-    pool[core.refcounts <= 0] = 0           # freed pages: not part of the table
+    pool = pt._live_pool_pages()            # freed pages: not part of the table
     path = os.fspath(path)
     with open(path, "wb") as f:
         f.write(pool.astype("<u8", copy=False).tobytes())
     meta = {
         "format": IMAGE_FORMAT, "version": IMAGE_VERSION,
-        "base_pa": _walk.TABLE_PA_BASE, "root_pa": core.root_pa,
-        "vttbr": core.root_pa, "vtcr": pt.vtcr, "granule": pt.granule,
+        "base_pa": _walk.TABLE_PA_BASE, "root_pa": pt.root_pa,
+        "vttbr": pt.root_pa, "vtcr": pt.vtcr, "granule": pt.granule,
         "size": int(pool.nbytes), "fwb": pt.fwb, "xnx": pt.xnx,
     }
     with open(path + ".json", "w") as f:
@@ -367,14 +254,11 @@ def export_image(pt: "Stage2PageTable", path: Union[str, os.PathLike]) -> dict:
     return meta
 
 
-def copy_table(pt: "Stage2PageTable", cls: type) -> "Stage2PageTable":
+def copy_table(pt: Table, cls: type) -> Table:
     """A writable pool table with the same descriptors as pt (tables moved
     to pool addresses, every other bit kept)."""
-    from .pgtable import geometry
-
     g = pt.geometry
-    if not pt._core.has_pgd:
-        raise ValueError("this page table has been destroyed: there is nothing to copy")
+    pt._require_tables("copy")
     if not 32 <= g.ia_bits <= 48:
         raise ValueError(f"a {g.ia_bits}-bit IPA space cannot be held in a pool "
                          "(the kernel's stage 2 supports 32 to 48 bits)")
@@ -383,18 +267,15 @@ def copy_table(pt: "Stage2PageTable", cls: type) -> "Stage2PageTable":
         raise ValueError(f"this table starts at level {g.start_level} with {g.pgd_pages} root pages; "
                          f"KVM's tables for {g.ia_bits}-bit IPAs start at level {want.start_level} "
                          f"with {want.pgd_pages}, so a pool cannot hold it")
-    core = pt._core
-    root_entries = 1 << (g.ia_bits - g.level_shift(g.start_level))
-    pas, levels, parents = scan_tables(core, g.start_level, core.root_pa, g.pgd_pages, g.granule,
-                                       root_entries)
+    root_entries = g.root_entries
+    pas, levels, parents = scan_tables(pt, g.start_level, pt.root_pa, g.pgd_pages, g.granule, root_entries)
     # Page i of the copy is pas[i]; a child's new PA follows from its rank.
     order = np.argsort(pas)
     sorted_pas = pas[order]
     out = np.zeros((pas.size, g.ptrs_per_table), dtype=np.uint64)
-    addr_bits = np.uint64(((1 << 48) - 1) & ~(g.granule - 1)) | (
-        np.uint64(0xF000) if g.granule == 65536 else np.uint64(0))
+    addr_bits = np.uint64(address_bits(g.granule))
     for i, (pa, level, parent) in enumerate(zip(pas.tolist(), levels.tolist(), parents.tolist())):
-        src = read_page(core, pa, parent == NO_PARENT, root_entries, g.ptrs_per_table)
+        src = read_page(pt, pa, parent == NO_PARENT, root_entries, g.ptrs_per_table)
         if src is None:
             where = "the root" if parent == NO_PARENT else f"the descriptor at PA {parent:#x}"
             raise ValueError(
@@ -408,6 +289,6 @@ def copy_table(pt: "Stage2PageTable", cls: type) -> "Stage2PageTable":
             new = np.uint64(_walk.TABLE_PA_BASE) + rank.astype(np.uint64) * np.uint64(g.granule)
             page[idx] = (page[idx] & ~addr_bits) | new
     new_pt = cls(g.ia_bits, granule=g.granule, fwb=pt.fwb, xnx=pt.xnx, tlb_range=pt.tlb_range)
-    new_pt._core.load_pages(out)
+    new_pt._load_pages(out)
     new_pt.reset_stats()
     return new_pt

@@ -17,30 +17,20 @@ from typing import Any, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
+from .checks import U64_MAX, integer
 from .errors import PhysMemReadError
+from .geometry import GRANULES
+from .sizes import format_size
 
-U64_MAX = (1 << 64) - 1
 PA_LIMIT = 1 << 64
-PAGE_SIZES = (4096, 16384, 65536)
+PAGE_SIZES = GRANULES
 _LE_U64 = np.dtype("<u8")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _int(name: str, v: Any, lo: int = 0, hi: int = U64_MAX) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, not {type(v).__name__} {v!r}")
-    v = int(v)
-    if not lo <= v <= hi:
-        raise ValueError(f"{name} {v!r} is outside {lo:#x}..{hi:#x}")
-    return v
-
-
-def _fmt_size(n: int) -> str:
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n} B"
+    return integer(name, v, lo, hi, hex=True)
 
 
 def _as_bytes(name: str, array: Any) -> np.ndarray:
@@ -346,7 +336,7 @@ class PhysMem:
         shown = ", ".join(f"[{s.pa:#x}-{s.end:#x})" for s in self._segments[:4])
         more = f", ... {len(self._segments) - 4} more" if len(self._segments) > 4 else ""
         n = len(self._segments)
-        return f"PhysMem({n} segment{'s' if n != 1 else ''}, {_fmt_size(self._size)}: {shown}{more})"
+        return f"PhysMem({n} segment{'s' if n != 1 else ''}, {format_size(self._size)}: {shown}{more})"
 
 
 def _file_size(path: str) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from . import _walk
+from .checks import u64 as _u64
 
 TRANSLATE_DTYPE: np.dtype = _walk.TRANSLATE_DTYPE
 FSC_NONE = 0xFF        # the fsc of a row that did not fault
@@ -89,8 +90,6 @@ def as_ipas(ipas: Any) -> np.ndarray:
     is checked item by item like every other address argument, so a Python
     int of 2**63 or more is taken as it is (numpy alone would make such a
     list float64) and a bad item is named."""
-    from .pgtable import _u64
-
     if isinstance(ipas, np.ndarray):
         if ipas.ndim > 1:
             raise ValueError(f"ipas must be one-dimensional, not an array of shape {ipas.shape}")

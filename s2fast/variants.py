@@ -1,17 +1,25 @@
-"""The RFC's split strategies, and a comparison of the tables they leave.
+"""The RFC's split strategies, and comparisons of the tables they leave.
 
 Each strategy is a way to run kvm_pgtable_stage2_split()'s walk: the split
 visitor is the kernel's; only the walk flags, the maximum level and (for
-SKIP_RETURN) the visitor's return hints differ."""
+SKIP_RETURN) the visitor's return hints differ.
+
+Two comparisons of final tables share one leaf-matching core:
+``compare_outcomes`` (every leaf of two tables, as runs) and ``diff_tables``
+(counts per level, a window at a time, for 512 GiB guests)."""
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from ._walk import CollectVisitor
+from .checks import integer
 from .flags import WalkFlags
+from .geometry import entry_sizes, level_shift
+from .sizes import GiB, format_size
 
 LAST_LEVEL = 3
 
@@ -47,6 +55,23 @@ class Strategy(enum.Enum):
         return self.value[2]
 
 
+_STRATEGY_ALIASES = {"SKIP_NEW_TABLE": "SKIP_LEVEL_NEW_TABLE", "SNT": "SKIP_LEVEL_NEW_TABLE"}
+
+
+def parse_strategy(v: Any) -> Strategy:
+    """A Strategy, or its name (any case, "-" for "_"; SNT and SKIP_NEW_TABLE
+    for SKIP_LEVEL_NEW_TABLE)."""
+    if isinstance(v, Strategy):
+        return v
+    if isinstance(v, str):
+        name = v.strip().upper().replace("-", "_")
+        name = _STRATEGY_ALIASES.get(name, name)
+        if name in Strategy.__members__:
+            return Strategy[name]
+        raise ValueError(f"strategy {v!r} is not one of {', '.join(s.name for s in Strategy)}")
+    raise TypeError(f"strategy must be an s2fast.Strategy or its name, not {type(v).__name__} {v!r}")
+
+
 @dataclass(frozen=True)
 class LeafRun:
     """A run of contiguous leaves of one level present in one table only."""
@@ -57,7 +82,7 @@ class LeafRun:
     count: int
 
     def __str__(self) -> str:
-        return f"level {self.level}: {self.count} x {_size(self.size // self.count)} at {self.ipa:#x}-{self.ipa + self.size:#x}"
+        return f"level {self.level}: {self.count} x {format_size(self.size // self.count)} at {self.ipa:#x}-{self.ipa + self.size:#x}"
 
 
 @dataclass(frozen=True)
@@ -89,13 +114,6 @@ class OutcomeDiff:
             if len(runs) > 8:
                 lines.append(f"  ... {len(runs) - 8} more runs only in {name}")
         return "\n".join(lines)
-
-
-def _size(n: int) -> str:
-    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift} {unit}"
-    return f"{n} B"
 
 
 def _runs(leaves: np.ndarray, level_size: Any) -> list[LeafRun]:
@@ -132,6 +150,23 @@ def _unsplit(blocks: np.ndarray, other: np.ndarray, level_size: Any) -> dict[int
     return out
 
 
+def _matched(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which leaves of ``a`` have a leaf of the same IPA and level in ``b``,
+    and the reverse. Leaves come in IPA order and IPAs are granule-aligned,
+    so ipa | level is a sorted, unique key: membership by binary search."""
+    ka = a["ipa"] | a["level"].astype(np.uint64)
+    kb = b["ipa"] | b["level"].astype(np.uint64)
+    return _member(ka, kb), _member(kb, ka)
+
+
+def _member(keys: np.ndarray, sorted_other: np.ndarray) -> np.ndarray:
+    """keys[i] in sorted_other, for a sorted array of unique keys."""
+    if len(sorted_other) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    pos = np.searchsorted(sorted_other, keys).clip(max=len(sorted_other) - 1)
+    return sorted_other[pos] == keys
+
+
 def compare_outcomes(pt_a: Any, pt_b: Any) -> OutcomeDiff:
     """Compare what two page tables map (e.g. the same guest split under two
     strategies): leaves present in only one, and blocks one left unsplit."""
@@ -141,11 +176,109 @@ def compare_outcomes(pt_a: Any, pt_b: Any) -> OutcomeDiff:
     level_size = pt_a.geometry.level_size
     if len(a) == len(b) and np.array_equal(a, b):
         return OutcomeDiff(True, len(a), len(b))
-    # Leaf IPAs are granule-aligned, so the level fits in the low bits.
-    ka = a["ipa"] | a["level"].astype(np.uint64)
-    kb = b["ipa"] | b["level"].astype(np.uint64)
-    in_b = np.isin(ka, kb)
-    in_a = np.isin(kb, ka)
+    in_b, in_a = _matched(a, b)
     only_a, only_b = a[~in_b], b[~in_a]
     return OutcomeDiff(False, len(a), len(b), _runs(only_a, level_size), _runs(only_b, level_size),
                        _unsplit(only_a, b, level_size), _unsplit(only_b, a, level_size))
+
+
+@dataclass(frozen=True)
+class TableDiff:
+    """How a strategy's final table differs from KERNEL's, all per level
+    (level -> count): ``unsplit``, the strategy's blocks where KERNEL maps
+    smaller leaves; ``kernel_unsplit``, the reverse; ``unmapped``, KERNEL's
+    leaves whose IPA the strategy does not map at all (e.g. the rest of a
+    leftover block a fault broke up); ``extra``, the reverse; ``changed``,
+    leaves of the same IPA and level with other descriptor bits. Levels
+    are named by their leaf size on the tables' ``granule``."""
+
+    identical: bool
+    unsplit: dict[int, int] = field(default_factory=dict)
+    kernel_unsplit: dict[int, int] = field(default_factory=dict)
+    unmapped: dict[int, int] = field(default_factory=dict)
+    extra: dict[int, int] = field(default_factory=dict)
+    changed: int = 0
+    granule: int = 4096
+
+    def _named(self) -> dict[str, dict[str, int]]:
+        """Each per-level count, its levels named by leaf size ("2 MiB")."""
+        def name(lv: int) -> str:
+            return format_size(1 << level_shift(lv, self.granule)) if 1 <= lv <= 3 else f"level-{lv}"
+        return {k: {name(lv): n for lv, n in sorted(getattr(self, k).items())}
+                for k in ("unsplit", "kernel_unsplit", "unmapped", "extra")}
+
+    def describe(self) -> str:
+        if self.identical:
+            return "identical"
+        d = self._named()
+        parts = [f"{n} x {lv} unsplit" for lv, n in d["unsplit"].items()]
+        parts += [f"{n} x {lv} unmapped" for lv, n in d["unmapped"].items()]
+        parts += [f"KERNEL left {n} x {lv} unsplit" for lv, n in d["kernel_unsplit"].items()]
+        parts += [f"{n} x {lv} mapped only here" for lv, n in d["extra"].items()]
+        if self.changed:
+            parts.append(f"{self.changed} leaves with other attributes")
+        return "differs: " + ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        d = self._named()
+        return {"identical": self.identical, "unsplit_blocks": d["unsplit"],
+                "kernel_unsplit_blocks": d["kernel_unsplit"], "unmapped": d["unmapped"],
+                "mapped_only_here": d["extra"], "changed_leaves": self.changed}
+
+
+def _window_leaves(pt: Any, lo: int, size: int) -> np.ndarray:
+    cv = CollectVisitor()
+    pt.walk(lo, size, cv, WalkFlags.LEAF)
+    return cv.result()
+
+
+def _covered(leaves: np.ndarray, other: np.ndarray, granule: int) -> np.ndarray:
+    """Whether some leaf of ``other`` (IPA-sorted, disjoint) maps each leaf's IPA."""
+    if len(other) == 0:
+        return np.zeros(len(leaves), dtype=bool)
+    pos = np.searchsorted(other["ipa"], leaves["ipa"], side="right") - 1
+    ok = pos >= 0
+    p = pos.clip(min=0)
+    end = other["ipa"][p] + entry_sizes(granule)[other["level"][p].astype(np.int64) + 1]
+    return ok & (end > leaves["ipa"])
+
+
+def _add(acc: dict[int, int], more: dict[int, int]) -> None:
+    for lv, n in more.items():
+        acc[lv] = acc.get(lv, 0) + n
+
+
+def _by_level(levels: np.ndarray) -> dict[int, int]:
+    return {int(lv): int(n) for lv, n in zip(*np.unique(levels, return_counts=True))}
+
+
+def diff_tables(kernel: Any, other: Any, *, window: int = 16 * GiB) -> TableDiff:
+    """Compare two final tables leaf by leaf (IPA, level, descriptor), a
+    window at a time so that a 512 GiB guest never needs all its leaves in
+    memory at once. Walks both tables (their stats change)."""
+    if kernel.granule != other.granule or kernel.ia_bits != other.ia_bits:
+        raise ValueError(f"tables differ in geometry: {kernel!r} vs {other!r}")
+    window = integer("window", window, 1)
+    if window % kernel.geometry.level_size(kernel.start_level):
+        raise ValueError(f"window {window:#x} is not a multiple of a level-{kernel.start_level} entry")
+    da, db = kernel.descriptors, other.descriptors
+    if da.shape == db.shape and np.array_equal(da, db):
+        return TableDiff(True)
+    level_size: Callable[[int], int] = kernel.geometry.level_size
+    granule = kernel.granule
+    counts: dict[str, dict[int, int]] = {k: {} for k in ("unsplit", "kernel_unsplit", "unmapped", "extra")}
+    changed = 0
+    for lo in range(0, 1 << kernel.ia_bits, window):
+        a = _window_leaves(kernel, lo, window)
+        b = _window_leaves(other, lo, window)
+        if len(a) == len(b) and np.array_equal(a, b):
+            continue
+        in_b, in_a = _matched(a, b)
+        changed += int((a["pte"][in_b] != b["pte"][in_a]).sum())
+        oa, ob = a[~in_b], b[~in_a]
+        _add(counts["unsplit"], _unsplit(ob, a, level_size))
+        _add(counts["kernel_unsplit"], _unsplit(oa, b, level_size))
+        _add(counts["unmapped"], _by_level(oa["level"][~_covered(oa, b, granule)]))
+        _add(counts["extra"], _by_level(ob["level"][~_covered(ob, a, granule)]))
+    identical = not (any(counts.values()) or changed)
+    return TableDiff(identical, **counts, changed=changed, granule=granule)

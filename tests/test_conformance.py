@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 import s2fast
-import kernel_driver
+from support import kernel_driver
 
 ENGINE = SimpleNamespace(Stage2PageTable=s2fast.Stage2PageTable, MemCache=s2fast.MemCache,
                          WalkFlags=s2fast.WalkFlags, Prot=s2fast.Prot, pte_prot=s2fast.pte_prot)

@@ -1,5 +1,5 @@
 """Differential tests: the Cython engine (``s2fast``) against the pure-Python
-reference model (``tests/reference.py``), driven by hypothesis.
+reference model (``tests/models/reference.py``), driven by hypothesis.
 
 Both implementations model the same kernel code (arch/arm64/kvm/hyp/pgtable.c)
 with the same page-allocation policy, so after every operation they must agree
@@ -58,7 +58,7 @@ from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
-import reference
+from models import reference
 import s2fast
 from s2fast import _walk as engine_walk
 

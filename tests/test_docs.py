@@ -46,7 +46,7 @@ def check_claims(doc_text: str, printed: str, claims: list[str]) -> None:
 def test_external_images_doc_runs_and_prints_what_it_says(tmp_path):
     doc = ROOT / "docs" / "external-images.md"
     text = doc.read_text()
-    (tmp_path / "tests").symlink_to(ROOT / "tests")     # the doc imports tests/elfcore.py
+    (tmp_path / "tests").symlink_to(ROOT / "tests")     # the doc imports tests/support/elfcore.py
     printed, ns = run_blocks(python_blocks(doc), tmp_path)
     check_claims(text, printed, [
         "PhysMem(1 segment, 24 KiB: [0x400000000000-0x400000006000))",

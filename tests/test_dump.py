@@ -13,7 +13,7 @@ from s2fast.cli import main
 from s2fast.describe import describe
 from s2fast.dump import DumpRun, dump_runs, format_dump
 
-from elfcore import write_elf_core
+from support.elfcore import write_elf_core
 
 GiB, MiB, KiB = 1 << 30, 1 << 20, 1 << 10
 RW = Prot.R | Prot.W

@@ -283,7 +283,7 @@ def test_elf_core_opened_by_path(tmp_path, granule):
     """A core file with the table pages in two PT_LOADs (and some guest RAM
     between them), opened by path: the same leaves, translations and dump
     as the pool table it was written from."""
-    from elfcore import write_elf_core
+    from support.elfcore import write_elf_core
 
     pt = Stage2PageTable(40, granule=granule, xnx=True)
     mc = MemCache(0, on_empty="allocate")

@@ -1,7 +1,7 @@
 """Bad input for tables in external memory: hypothesis feeds random page
 contents and random VTTBR/VTCR values to ``Stage2PageTable.from_image`` and
 then uses the table every way a tool would: translate_batch (all access
-kinds, checked against the architectural model in ``arch_translate.py``), a
+kinds, checked against the architectural model in ``tests/models/arch_translate.py``), a
 walk with a Python visitor, the C ``CountVisitor``, ``leaves()``,
 ``annotations()``, ``dump()``, ``copy()`` and writes.
 
@@ -32,8 +32,8 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-import arch_translate as arch
-from arch_translate import ACCESSES, FIELDS, Memory, make_vtcr
+from models import arch_translate as arch
+from models.arch_translate import ACCESSES, FIELDS, Memory, make_vtcr
 
 import s2fast
 from s2fast import CountVisitor, Prot, Stage2PageTable, WalkFlags

@@ -9,7 +9,7 @@ import pytest
 from s2fast.errors import PhysMemReadError
 from s2fast.physmem import PhysMem, Segment
 
-from elfcore import Load, elf_core_bytes, write_elf_core
+from support.elfcore import Load, elf_core_bytes, write_elf_core
 
 
 def words(n, start=0):

@@ -1,4 +1,4 @@
-"""The pure-Python reference model (tests/reference.py) against the kernel's
+"""The pure-Python reference model (tests/models/reference.py) against the kernel's
 own results in tests/data/kernel, for all three granules.
 
 A few scenarios make tens or hundreds of millions of page-table visits; they
@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-import kernel_driver
-import reference
+from support import kernel_driver
+from models import reference
 
 # (granule, scenario) -> why it is slow for pure Python
 SLOW = {

@@ -1,6 +1,6 @@
 """Architectural stage-2 translation: ``Stage2PageTable.translate`` and
 ``translate_batch`` against values written from the Arm architecture and
-against the pure-Python model in ``tests/arch_translate.py``.
+against the pure-Python model in ``tests/models/arch_translate.py``.
 
 * A fault matrix: every fault kind (translation, address size, access flag,
   permission, external abort) at every level where it can occur, for every
@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
-import arch_translate as arch
-from arch_translate import (ACCESSES, ACCESS_FLAG, ADDRESS_SIZE, AF, EXTERNAL, FIELDS, NONE, NORMAL,
+from models import arch_translate as arch
+from models.arch_translate import (ACCESSES, ACCESS_FLAG, ADDRESS_SIZE, AF, EXTERNAL, FIELDS, NONE, NORMAL,
                             PERMISSION, S2AP_R, S2AP_W, TRANSLATION, ImageBuilder, Memory, make_vtcr,
                             xn_bits)
 

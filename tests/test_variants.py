@@ -589,7 +589,7 @@ def test_strategies_leave_the_same_table(case):
 
 # -- the engine against the pure-Python reference, variants included ---------------
 
-import reference  # noqa: E402
+from models import reference  # noqa: E402
 
 VARIANT_BITS = [F.LEAF, F.TABLE_PRE, F.TABLE_POST, F.HANDLE_FAULT, F.PAGE, F.BLOCK, F.SKIP_LEVEL0,
                 F.SKIP_LEVEL1, F.SKIP_LEVEL2, F.SKIP_LEVEL3, F.SKIP_NEW_TABLE]

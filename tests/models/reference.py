@@ -59,6 +59,9 @@ import numpy as np
 # ---- Public flags, errno values, constants ---------------------------------
 
 
+# Restated from kvm_pgtable.h on purpose, not imported from s2fast.flags: an
+# oracle that shared the engine's constants would share a wrong bit too.
+# tests/test_differential.py checks both against the kernel's literal values.
 class WalkFlags(enum.IntFlag):
     LEAF = 1 << 0
     TABLE_PRE = 1 << 1

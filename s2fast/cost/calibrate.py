@@ -332,8 +332,8 @@ class Calibration:
         if mae is not None:
             out.append(f"leave-one-out mean absolute error: {mae:.2f} "
                        f"({'points' if all(r.measurement.kind == 'pct_change' for r in self.rows) else 'points / %'})")
-        out.append(f"events exercised: {len(self.exercised)} of {len(EVENT_NAMES)}; rank of the data "
-                   f"{self.rank}, condition number {self.condition:.3g}")
+        out.append(f"events exercised: {len(self.exercised)} of {len(EVENT_NAMES)}; directions the data fix "
+                   f"(weigh on 100x more than the prior): {self.rank}, condition number {self.condition:.3g}")
         if self.scale_free:
             out.append("only pct_change rows: they fix ratios of costs; the time scale is the prior's "
                        f"({self.prior.name})")
@@ -378,25 +378,26 @@ def _solve(A: np.ndarray, b: np.ndarray, x0: np.ndarray, weight: float) -> np.nd
     return lsq_linear(AA, bb, bounds=(0.0, np.inf), method="bvls").x
 
 
-def _identifiability(A: np.ndarray, names: Sequence[str], x: Optional[np.ndarray] = None, tol: float = 1e-3):
-    """Rank, condition number, events not identified, and collinear groups
-    of the columns that the data exercise (SVD of the column-normalised
-    design matrix; singular values below tol x the largest count as zero).
-    With ``x`` (pct_change rows only), the overall scale, which such rows
-    cannot fix, is taken out of the unseen directions first: what remains
-    are the ratios the data do not fix."""
+def _identifiability(A: np.ndarray, names: Sequence[str], weight: float, x: Optional[np.ndarray] = None):
+    """Rank, condition number, events not identified, and proportional
+    groups among the events the data exercise. A direction of the relative
+    costs is identified when the data weigh on it at least 100 times more
+    than the prior does (singular value of the design matrix >= 10 x
+    sqrt(prior_weight)); an event is not identified when a sizeable part of
+    its own direction is not. With ``x`` (pct_change rows only), the overall
+    scale, which such rows cannot fix, is taken out first: what remains are
+    the ratios the data do not fix."""
     norms = np.linalg.norm(A, axis=0)
     ex = [i for i in range(A.shape[1]) if norms[i] > 0]
     if not ex:
         return 0, float("inf"), [], [], []
+    _, s, vt = np.linalg.svd(A[:, ex], full_matrices=True)
+    rank = int((s > 10 * math.sqrt(weight)).sum())
+    cond = float(s[0] / s[rank - 1]) if rank else float("inf")
     An = A[:, ex] / norms[ex]
-    _, s, vt = np.linalg.svd(An, full_matrices=True)
-    smax = s[0] if len(s) else 0.0
-    rank = int((s > tol * smax).sum())
-    cond = float(smax / s[rank - 1]) if rank else float("inf")
     null = vt[rank:]                     # directions the data do not see
     if x is not None and null.size:
-        y = x[ex] * norms[ex]
+        y = x[ex]
         y = y / (np.linalg.norm(y) or 1.0)
         proj = null - np.outer(null @ y, y)
         u, sv, w = np.linalg.svd(proj, full_matrices=False)
@@ -444,7 +445,8 @@ def calibrate(measurements: Union[str, os.PathLike, Sequence[Measurement]], prio
     b = _targets(ms)
     x = _solve(A, b, x0, prior_weight)
     scale_free = all(m.kind == "pct_change" for m in ms)
-    rank, cond, exercised, unident, groups = _identifiability(A, EVENT_NAMES, x if scale_free else None)
+    rank, cond, exercised, unident, groups = _identifiability(A, EVENT_NAMES, prior_weight,
+                                                              x if scale_free else None)
     costs = dict(zip(EVENT_NAMES, (x * scale).tolist()))
     sources = {}
     for k in EVENT_NAMES:

@@ -39,12 +39,17 @@ def test_every_event_is_registered_with_meaning_and_kernel_function():
     assert set(events({})) == set(EVENT_NAMES) and not any(events({}).values())
 
 
-def test_stores_and_cmpxchg_counted_on_the_enable_and_fault_paths():
+def _enabled(backing):
+    """A 2 MiB slot with dirty logging enabled eagerly, and what enabling counted."""
     vm = VM(40, eager_split_chunk=2 * MiB, initially_set=False)
-    vm.add_memslot(2 * MiB, "4k")
+    vm.add_memslot(2 * MiB, backing)
     s0 = vm.snapshot()
     vm.enable_dirty_logging()
-    d = {k: v - s0[k] for k, v in vm.snapshot().items()}
+    return vm, {k: v - s0[k] for k, v in vm.snapshot().items()}
+
+
+def test_stores_and_cmpxchg_counted_on_the_enable_and_fault_paths():
+    vm, d = _enabled("4k")
     assert d["entries_written"] == 512 and d["cmpxchg"] == 0       # wrprotect of 512 writable pages
     assert d["dirty_bitmap_bytes"] == 0 and d["wp_calls"] == 1
     ev = events(d)
@@ -63,11 +68,7 @@ def test_stores_and_cmpxchg_counted_on_the_enable_and_fault_paths():
 def test_split_stores_match_the_tables_it_fills():
     # a 2 MiB block split to pages: 512 entries of the new table, then the
     # break (locked entry) and the make (table entry) of the old one
-    vm = VM(40, eager_split_chunk=2 * MiB, initially_set=False)
-    vm.add_memslot(2 * MiB, "2m")
-    s0 = vm.snapshot()
-    vm.enable_dirty_logging()
-    d = {k: v - s0[k] for k, v in vm.snapshot().items()}
+    _, d = _enabled("2m")
     assert d["mc_used"] == 1 and d["tlbi_vmid_ipa"] == 1
     assert d["entries_written"] == 1 + 512 + 2                       # wrprotect of the block, split
 

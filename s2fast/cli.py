@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--strategies", type=_strategies_arg, default=None, metavar="LIST",
                    help="comma-separated strategies, or all (default); KERNEL always runs")
     o = c.add_argument_group("output")
+    o.add_argument("--profile", default=None, metavar="NAME|FILE",
+                   help="machine profile that prices the counts in seconds: a shipped one "
+                        "(generic, default; rfc-v1, rfc-v2) or a .toml/.json file (see s2fast calibrate)")
     fmt = o.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON instead of the table")
     fmt.add_argument("--csv", action="store_true", help="print CSV instead of the table")
@@ -163,6 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     bar.add_argument("--no-progress", dest="progress", action="store_false")
 
     sub.add_parser("presets", help="list the presets that re-create the series' experiments")
+
+    k = sub.add_parser("calibrate", help="fit a machine profile to measured times",
+                       description="Fit per-event costs to measurements of experiments s2fast can run (a CSV: "
+                                   "preset or workload fields, strategy, phase, seconds or pct_change; see "
+                                   "s2fast/cost/calibrate.py). Prints the fit of every row, leave-one-out "
+                                   "errors and the costs the data cannot identify. Needs scipy "
+                                   "(pip install 's2fast[fit]').")
+    k.add_argument("measurements", metavar="MEASUREMENTS.csv")
+    k.add_argument("-o", "--output", required=True, metavar="PROFILE",
+                   help="where to write the fitted profile (.toml or .json)")
+    k.add_argument("--prior", default=None, metavar="NAME|FILE",
+                   help="starting profile the fit is regularised toward (default generic)")
+    k.add_argument("--prior-weight", type=float, default=None, metavar="W",
+                   help="ridge weight toward the prior (default 1e-4: a cost moving by 100%% of its prior "
+                        "weighs as much as one point of misfit in one row)")
 
     d = sub.add_parser("dump", help="list a stage-2 table like the kernel's stage-2 ptdump",
                        description="One line per run of contiguous IPA with identical attributes. The table is "
@@ -220,43 +238,53 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: S
     return "\n".join([line(headers), line(["-" * wd for wd in widths])] + [line(r) for r in rows])
 
 
+def _fmt_s(v: float) -> str:
+    return f"{v:.3g}"
+
+
 def comparison_table(cmp: Comparison) -> str:
-    headers = ["strategy", "entries read", "callbacks", "TLBIs", "CMOs", "pages alloc", "time (s)",
-               "speed-up", "final table vs KERNEL"]
+    headers = ["strategy", "entries read", "callbacks", "TLBIs", "CMOs", "pages alloc", "predicted (s)",
+               "vs KERNEL", "time (s)", "speed-up", "final table vs KERNEL"]
     rows = []
     for r in cmp.rows():
         rows.append([r["strategy"], _fmt_int(r["entries_read"]), _fmt_int(r["callbacks"]), _fmt_int(r["tlbis"]),
-                     _fmt_int(r["cmos"]), _fmt_int(r["pages_alloc"]), f"{r['wall_s']:.2f}",
+                     _fmt_int(r["cmos"]), _fmt_int(r["pages_alloc"]), _fmt_s(r["predicted_s"]),
+                     f"{r['predicted_pct_change']:+.1f}%", f"{r['wall_s']:.2f}",
                      f"{r['speedup']:.2f}x", r["outcome"]])
-    return render_table(headers, rows, [False, True, True, True, True, True, True, True, False])
+    return render_table(headers, rows, [False, True, True, True, True, True, True, True, True, True, False])
 
 
 def phase_table(cmp: Comparison) -> str:
-    headers = ["strategy", "phase", "entries read", "callbacks", "TLBIs", "CMOs", "pages alloc", "time (s)"]
+    headers = ["strategy", "phase", "entries read", "callbacks", "TLBIs", "CMOs", "pages alloc", "predicted (s)",
+               "time (s)"]
     rows = [[r["strategy"], r["phase"], _fmt_int(r["entries_read"]), _fmt_int(r["callbacks"]),
-             _fmt_int(r["tlbis"]), _fmt_int(r["cmos"]), _fmt_int(r["pages_alloc"]), f"{r['wall_s']:.2f}"]
+             _fmt_int(r["tlbis"]), _fmt_int(r["cmos"]), _fmt_int(r["pages_alloc"]), _fmt_s(r["predicted_s"]),
+             f"{r['wall_s']:.2f}"]
             for r in cmp.phase_rows()]
-    return render_table(headers, rows, [False, False, True, True, True, True, True, True])
+    return render_table(headers, rows, [False, False, True, True, True, True, True, True, True])
 
 
 def preset_table(res: PresetResult) -> str:
     headers = ["strategy", "enable: entries read", "reduction", "CLEAR: entries read", "reduction",
-               "final table vs KERNEL"]
+               "enable: predicted", "CLEAR: predicted", "final table vs KERNEL"]
     rows = [[r["strategy"], _fmt_int(r["enable_entries_read"]), f"{r['enable_reduction_pct']:.1f}%",
-             _fmt_int(r["clear_entries_read"]), f"{r['clear_reduction_pct']:.1f}%", r["outcome"]]
+             _fmt_int(r["clear_entries_read"]), f"{r['clear_reduction_pct']:.1f}%",
+             f"{_fmt_s(r['enable_predicted_s'])} s {r['enable_predicted_pct_change']:+.1f}%",
+             f"{_fmt_s(r['clear_predicted_s'])} s {r['clear_predicted_pct_change']:+.1f}%", r["outcome"]]
             for r in res.rows()]
-    return render_table(headers, rows, [False, True, True, True, True, False])
+    return render_table(headers, rows, [False, True, True, True, True, True, True, False])
 
 
-FOOTNOTE = ("speed-up: KERNEL's entries read over the strategy's (the cost model); "
-            "time is the simulator's, build excluded.")
+FOOTNOTE = ("speed-up: KERNEL's entries read over the strategy's; predicted: seconds on the machine of "
+            "profile {profile} (s2fast.cost) and their change against KERNEL; time is the simulator's, "
+            "build excluded.")
 
 
 def comparison_text(cmp: Comparison, phases: bool) -> str:
     w = cmp.workload
     names = ", ".join(p.name for p in next(iter(cmp.results.values())).phases)
     out = [f"s2fast compare: {w.describe()}", f"phases: {names} (build excluded)", "",
-           comparison_table(cmp), "", FOOTNOTE]
+           comparison_table(cmp), "", FOOTNOTE.format(profile=_profile_name(cmp))]
     if phases:
         out += ["", phase_table(cmp)]
     return "\n".join(out)
@@ -269,11 +297,18 @@ def preset_text(res: PresetResult, phases: bool) -> str:
            "enable dirty tracking: not initially-all-set (write-protect + eager split of the slot)",
            f"CLEAR_DIRTY_LOG: initially-all-set, {cw.passes} passes, {cw.writes} {cw.pattern} writes "
            f"between passes",
-           "reduction: entries read, against KERNEL", "", preset_table(res)]
+           "reduction: entries read, against KERNEL; predicted: seconds of the measured phases (enable; "
+           f"every CLEAR pass) on profile {_profile_name(res.enable)}, and change against KERNEL",
+           "", preset_table(res)]
     if phases:
         out += ["", "enable dirty tracking:", phase_table(res.enable), "", "CLEAR_DIRTY_LOG:",
                 phase_table(res.clear)]
     return "\n".join(out)
+
+
+def _profile_name(cmp: Comparison) -> str:
+    from .cost.model import load_profile
+    return load_profile(cmp.profile).name
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -376,8 +411,17 @@ def cmd_presets(out: TextIO) -> int:
     return 0
 
 
+def _load_profile(spec: Optional[str]) -> Any:
+    from .cost.model import ProfileError, load_profile
+    try:
+        return load_profile(spec)
+    except ProfileError as e:
+        raise UsageError(f"--profile: {e}") from None
+
+
 def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     _check_plot(args)
+    profile = _load_profile(args.profile)
     strategies = args.strategies
     if args.preset is not None:
         if args.preset != "all" and args.preset not in PRESETS:
@@ -400,7 +444,8 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 if bar:
                     bar.title = f"{name} "
                 results.append(run_preset(name, strategies, progress=(
-                    (lambda f, n, i=i: bar((i + f) / len(names), n)) if bar else None), **overrides))
+                    (lambda f, n, i=i: bar((i + f) / len(names), n)) if bar else None), profile=profile,
+                    **overrides))
         finally:
             if bar:
                 bar.close()
@@ -429,7 +474,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if bar:
                 bar.title = f"{format_size(s)} " if len(order) > 1 else ""
             runs[s] = compare(w, strategies, progress=(
-                (lambda f, n, i=i, k=len(order): bar((i + f) / k, n)) if bar else None))
+                (lambda f, n, i=i, k=len(order): bar((i + f) / k, n)) if bar else None), profile=profile)
     finally:
         if bar:
             bar.close()
@@ -556,6 +601,34 @@ def cmd_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if os.path.splitext(args.output)[1].lower() not in (".toml", ".json"):
+        raise UsageError(f"-o: {args.output}: a profile is written as .toml or .json")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise UsageError(f"-o: folder {folder!r} does not exist")
+    if importlib.util.find_spec("scipy") is None:
+        raise UsageError("calibrate needs scipy: pip install 's2fast[fit]'")
+    from .cost.calibrate import DEFAULT_PRIOR_WEIGHT, MeasurementError, calibrate
+    from .cost.model import ProfileError, load_profile
+    try:
+        prior = load_profile(args.prior)
+    except ProfileError as e:
+        raise UsageError(f"--prior: {e}") from None
+    w = DEFAULT_PRIOR_WEIGHT if args.prior_weight is None else args.prior_weight
+    if not (w > 0 and w != float("inf")):
+        raise UsageError(f"--prior-weight: {args.prior_weight!r} is not a positive number")
+    try:
+        cal = calibrate(args.measurements, prior, prior_weight=w,
+                        name=os.path.splitext(os.path.basename(args.output))[0])
+    except (MeasurementError, ProfileError) as e:
+        raise UsageError(str(e)) from None
+    out.write(cal.report() + "\n")
+    cal.profile.save(args.output)
+    out.write(f"\nprofile written to {args.output}\n")
+    return 0
+
+
 def _checked(fn: Any, *a: Any, **kw: Any) -> Any:
     """Build a workload from the command line: the workload layer's
     ValueError / TypeError (which name the bad value) become usage errors."""
@@ -582,11 +655,13 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
         except SystemExit as e:   # --help, --version
             return int(e.code or 0)
         if args.command is None:
-            raise UsageError("a command is required: compare, presets or dump (see s2fast --help)")
+            raise UsageError("a command is required: compare, presets, dump or calibrate (see s2fast --help)")
         if args.command == "presets":
             return cmd_presets(out)
         if args.command == "dump":
             return cmd_dump(args, out, err)
+        if args.command == "calibrate":
+            return cmd_calibrate(args, out, err)
         return cmd_compare(args, out, err)
     except UsageError as e:
         err.write(f"s2fast: error: {e}\n")

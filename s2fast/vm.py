@@ -108,6 +108,7 @@ COUNTERS = (
     "vcpu_cache_topups",
     "vcpu_cache_topup_pages",
     "pages_marked_dirty",     # mark_page_dirty_in_slot()
+    "dirty_bitmap_bytes",     # bitmap bytes kvm_clear_dirty_log_protect() scans (whole slot per CLEAR)
 )
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
@@ -637,6 +638,7 @@ class VM:
     def snapshot(self) -> dict[str, int]:
         """The engine's counters and the VM's (``COUNTERS``) as one dict."""
         d = {k: v for k, v in self.pt.stats.as_dict().items() if isinstance(v, int)}
+        d["entries_written"], d["cmpxchg"] = self._core.cost_counts()
         d.update(self.counters)
         return d
 
@@ -818,6 +820,7 @@ class VM:
                     progress(hi / len(bm))
             c["mask_words"] += n
             c["clear_calls"] += 1
+            c["dirty_bitmap_bytes"] += len(bm) * 8
             if n:
                 self._flush_memslot(s)
             total += n
@@ -1302,11 +1305,21 @@ class Comparison:
     workload: Workload
     results: dict[Strategy, RunResult]
     diffs: dict[Strategy, TableDiff]
+    #: the machine profile for predicted seconds (s2fast.cost; None: generic)
+    profile: Any = None
+
+    def predicted(self) -> dict[str, dict[str, Any]]:
+        """Per strategy: predicted seconds per phase and in all, and % change
+        against KERNEL, under ``profile`` (see s2fast.cost)."""
+        from .cost.model import predict_comparison
+        return predict_comparison(self)
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per strategy: the totals' headline costs, wall time,
-        speed-up over KERNEL in entries read, reduction (%), final table."""
+        speed-up over KERNEL in entries read, reduction (%), predicted
+        seconds and % change against KERNEL, final table."""
         k = self.results[Strategy.KERNEL]
+        pred = self.predicted()
         k_entries = summarize(k.totals)["entries_read"]
         out = []
         for s, r in self.results.items():
@@ -1317,6 +1330,8 @@ class Comparison:
             row["speedup"] = k_entries / e if e else float("inf")
             row["reduction_pct"] = 100.0 * (1 - e / k_entries) if k_entries else 0.0
             row["wall_speedup"] = k.wall_s / r.wall_s if r.wall_s else float("inf")
+            row["predicted_s"] = pred[s.name]["seconds"]
+            row["predicted_pct_change"] = pred[s.name]["pct_change"]
             d = self.diffs[s]
             row["identical"] = d.identical
             row["outcome"] = d.describe()
@@ -1325,25 +1340,32 @@ class Comparison:
 
     def phase_rows(self) -> list[dict[str, Any]]:
         out = []
+        pred = self.predicted()
         for s, r in self.results.items():
             for p in [r.build] + r.phases:
                 row: dict[str, Any] = {"strategy": s.name, "phase": p.name}
                 row.update(p.summary)
                 row["wall_s"] = p.wall_s
+                row["predicted_s"] = pred[s.name]["phases"].get(p.name, pred[s.name]["build_s"])
                 out.append(row)
         return out
 
     def to_dict(self) -> dict[str, Any]:
         w = self.workload
+        pred = self.predicted()
+        from .cost.model import load_profile
         return {
+            "profile": load_profile(self.profile).name,
             "workload": {"guest_size": w.guest_size, "backing": str(w.backing), "chunk": w.chunk,
                          "passes": w.passes, "initially_set": w.initially_set, "writes": w.writes,
                          "pattern": w.pattern, "seed": w.seed, "base": w.base, "ia_bits": w.ia_bits,
                          "fwb": w.fwb, "tlb_range": w.tlb_range, "granule": w.granule},
             "strategies": {
                 s.name: {"totals": r.totals, "summary": summarize(r.totals), "wall_s": r.wall_s,
-                         "build_wall_s": r.build.wall_s,
+                         "build_wall_s": r.build.wall_s, "predicted_s": pred[s.name]["seconds"],
+                         "predicted_pct_change": pred[s.name]["pct_change"],
                          "phases": [{"name": p.name, "wall_s": p.wall_s, "summary": p.summary,
+                                     "predicted_s": pred[s.name]["phases"][p.name],
                                      "counts": p.counts} for p in r.phases],
                          "final_table": self.diffs[s].to_dict()}
                 for s, r in self.results.items()},
@@ -1365,11 +1387,14 @@ def _strategies(strategies: Optional[Iterable[Any]]) -> list[Strategy]:
 
 
 def compare(workload: Workload, strategies: Optional[Iterable[Any]] = None, *,
-            progress: Optional[Callable[[float, str], None]] = None) -> Comparison:
+            progress: Optional[Callable[[float, str], None]] = None, profile: Any = None) -> Comparison:
     """Run ``workload`` under each strategy (all by default; KERNEL always
-    first) and check each final table against KERNEL's."""
+    first) and check each final table against KERNEL's. ``profile`` (a
+    name, path or s2fast.cost.Profile; None: generic) prices the counts."""
     if not isinstance(workload, Workload):
         raise TypeError(f"workload must be an s2fast.Workload, not {type(workload).__name__} {workload!r}")
+    from .cost.model import load_profile
+    profile = load_profile(profile)
     order = _strategies(strategies)
     results: dict[Strategy, RunResult] = {}
     diffs: dict[Strategy, TableDiff] = {}
@@ -1387,7 +1412,7 @@ def compare(workload: Workload, strategies: Optional[Iterable[Any]] = None, *,
             r.vm = None
         results[s] = r
     results[Strategy.KERNEL].vm = None
-    return Comparison(workload, results, diffs)
+    return Comparison(workload, results, diffs, profile)
 
 
 # ---------------------------------------------------------------------------
@@ -1450,6 +1475,7 @@ class PresetResult:
     def rows(self) -> list[dict[str, Any]]:
         en = {r["strategy"]: r for r in self.enable.rows()}
         cl = {r["strategy"]: r for r in self.clear.rows()}
+        pe, pc = self.enable.predicted(), self.clear.predicted()
         out = []
         for name in en:
             e, c = en[name], cl[name]
@@ -1463,19 +1489,40 @@ class PresetResult:
                         "enable_wall_s": e["wall_s"],
                         "clear_entries_read": c["entries_read"], "clear_reduction_pct": c["reduction_pct"],
                         "clear_wall_s": c["wall_s"],
+                        # the measured phases: enable, and every CLEAR pass (not the guest's writes)
+                        "enable_predicted_s": pe[name]["phases"]["enable"],
+                        "enable_predicted_pct_change": _pct(pe, name, ("enable",)),
+                        "clear_predicted_s": _phase_sum(pc, name, _clears(pc)),
+                        "clear_predicted_pct_change": _pct(pc, name, _clears(pc)),
                         "identical": e["identical"] and c["identical"],
                         "outcome": "; ".join(outcome) if outcome else "identical"})
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset.name, "description": self.preset.description,
+                "profile": self.enable.to_dict()["profile"],
                 "enable": self.enable.to_dict(), "clear": self.clear.to_dict(), "rows": self.rows()}
 
 
+def _clears(pred: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    return tuple(n for n in pred["KERNEL"]["phases"] if n.startswith("clear "))
+
+
+def _phase_sum(pred: dict[str, dict[str, Any]], name: str, phases: tuple[str, ...]) -> float:
+    return sum(pred[name]["phases"][p] for p in phases)
+
+
+def _pct(pred: dict[str, dict[str, Any]], name: str, phases: tuple[str, ...]) -> float:
+    from .cost.model import pct_change
+    return pct_change(_phase_sum(pred, name, phases), _phase_sum(pred, "KERNEL", phases))
+
+
 def run_preset(preset: Union[str, Preset], strategies: Optional[Iterable[Any]] = None, *,
-               progress: Optional[Callable[[float, str], None]] = None, **overrides: Any) -> PresetResult:
+               progress: Optional[Callable[[float, str], None]] = None, profile: Any = None,
+               **overrides: Any) -> PresetResult:
     """Run a preset's two measurements under each strategy. ``overrides``
-    may change chunk, passes, writes, pattern or seed."""
+    may change chunk, passes, writes, pattern or seed; ``profile`` prices
+    the counts (s2fast.cost; None: generic)."""
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
@@ -1486,8 +1533,10 @@ def run_preset(preset: Union[str, Preset], strategies: Optional[Iterable[Any]] =
     if bad:
         raise TypeError(f"run_preset() got unexpected overrides {sorted(bad)}")
     half = (lambda lo: (lambda f, n: progress(lo + f / 2, n))) if progress else (lambda lo: None)
-    enable = compare(preset.enable_workload(**overrides), strategies, progress=half(0.0))
-    clear = compare(preset.clear_workload(**overrides), strategies, progress=half(0.5))
+    from .cost.model import load_profile
+    profile = load_profile(profile)
+    enable = compare(preset.enable_workload(**overrides), strategies, progress=half(0.0), profile=profile)
+    clear = compare(preset.clear_workload(**overrides), strategies, progress=half(0.5), profile=profile)
     return PresetResult(preset, enable, clear)
 
 

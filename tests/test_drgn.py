@@ -235,6 +235,12 @@ def _build_64k(pt, mc):
     pt.map(4 * GiB, 4 * MiB, 1 << 41, Prot.R, memcache=mc, force_pte=True)             # 64 KiB pages
 
 
+def _build_host(pt, mc):
+    # pKVM's host stage 2: the host's RAM mapped at its own address.
+    pt.map(2 * GiB, 2 * GiB, 2 * GiB, Prot.R | Prot.W | Prot.X, memcache=mc)
+    pt.map(0x900_0000, 64 << 10, 0x900_0000, Prot.R | Prot.W, memcache=mc, force_pte=True)
+
+
 def _build_4k_l0(pt, mc):
     pt.map(1 << 43, 2 * MiB, 1 << 42, Prot.R | Prot.W, memcache=mc, force_pte=True)
 
@@ -244,6 +250,7 @@ TABLES = {   # name: (ia_bits, granule, build); 4K/40: start level 1, 2 root pag
     "16k": (36, 16384, _build_16k),        # 2 levels
     "64k": (42, 65536, _build_64k),        # 2 levels
     "4k-l0": (44, 4096, _build_4k_l0),     # 4 levels
+    "host": (40, 4096, _build_host),
 }
 
 
@@ -404,7 +411,7 @@ def build_kernel(obj_path: str, layout: dict, tables: dict, *, vms=("4k", "16k",
     k.put(mode, 1)                                                   # KVM_MODE_PROTECTED
     host = k.alloc(f"struct {layout['HOST']}")
     k.add_global(f"__kvm_nvhe_{layout['HOST']}", host)
-    moved, base, vtcr, ref = tables["4k"]
+    moved, base, vtcr, ref = tables["host"]
     k.put(host.arch.mmu.pgd_phys, base)
     k.put(host.arch.mmu.pgt, host.pgt.address_)
     if layout["MMU_VTCR"]:
@@ -478,7 +485,7 @@ def test_nested_mmus_and_pkvm_host(layout_kernel):
         assert nested == []
     host = kd.pkvm_host_stage2(k.prog)
     assert host is not None and host.vttbr >> 48 == 0
-    _same_table(host, tables["4k"][3])
+    _same_table(host, tables["host"][3])
     k.put(k.globals["kvm_mode"], 0)                       # not protected: no host stage 2
     try:
         assert kd.pkvm_host_stage2(k.prog) is None
@@ -628,3 +635,37 @@ def test_without_drgn_import_works_and_vms_says_how_to_install():
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert r.returncode == 2, r.stderr
     assert "pip install 's2fast[drgn]'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_docs_show_what_the_test_program_prints(monkeypatch, tables):
+    """docs/drgn.md and the README show this program's output: the drgn
+    session's three lines and the two commands, verbatim."""
+    import io
+    import pathlib
+    import re
+
+    from s2fast.cli import main
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "drgn.md").read_text()
+    readme = (root / "README.md").read_text()
+    k = build_kernel(_layout_obj("6.12"), LAYOUTS["6.12"], tables)
+    prog = k.prog
+    session = re.search(r"```pycon\n\$ drgn -c vmcore\n(.*?)```", doc, re.S).group(1)
+    assert session in readme
+    code = [l[4:] for l in session.splitlines() if l.startswith(">>> ")]
+    shown = [l for l in session.splitlines() if not l.startswith(">>> ")]
+    assert len(code) == 3
+    out = io.StringIO()
+    ns = {"prog": prog}
+    import contextlib
+    with contextlib.redirect_stdout(out):
+        for line in code:
+            exec(line, ns)
+    assert out.getvalue().splitlines() == shown
+    monkeypatch.setattr(kd, "open_program", lambda vmcore, vmlinux, live: prog)
+    for cmd in ("s2fast vms --vmcore vmcore", "s2fast dump --vmcore vmcore --vm 1"):
+        block = re.search(r"```\n\$ " + re.escape(cmd) + r"\n(.*?)```", doc, re.S).group(1)
+        out = io.StringIO()
+        assert main(cmd.split()[1:], out=out, err=io.StringIO()) == 0
+        assert out.getvalue() == block, cmd

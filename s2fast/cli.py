@@ -558,7 +558,7 @@ def cmd_kernel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if args.command == "vms":
             return kernel.cmd_vms(args, out, render_table)
         if args.vm is None or (args.vmcore is None and not args.live):
-            raise UsageError("--vm needs --vmcore FILE or --live, and they need --vm ID")
+            raise UsageError("--vm needs --vmcore FILE or --live, and they (and --vmlinux) need --vm ID")
         if args.guest_size is not None or args.backing is not None or args.granule is not None or \
                 args.vttbr is not None or args.vtcr is not None or args.base_pa is not None:
             raise UsageError("--vm lists a VM of the kernel: its table, registers and granule come from the kernel")
@@ -578,7 +578,7 @@ def cmd_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .dump import format_dump
     from .errors import CorruptTableError, PhysMemReadError
 
-    if args.vm is not None or args.vmcore is not None or args.live:
+    if args.vm is not None or args.vmcore is not None or args.live or args.vmlinux is not None:
         return cmd_kernel(args, out, err)
     pt = _dump_table(args)
     try:

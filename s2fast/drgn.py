@@ -216,11 +216,13 @@ def for_each_kvm(prog: Any) -> Iterator[Any]:
     yield from list_for_each_entry("struct kvm", head.address_of_(), "vm_list")
 
 
-def _vtcr(mmu: Any, kvm: Any) -> int:
-    if _has(mmu, "vtcr"):                       # Linux 6.8+: per MMU
+def _vtcr(mmu: Any, arch: Any) -> int:
+    """VTCR_EL2 for a kvm_s2_mmu: its own (Linux 6.8+) or its VM's ``struct
+    kvm_arch`` one (up to 6.7)."""
+    if _has(mmu, "vtcr"):
         return _int(mmu, "vtcr")
-    if kvm is not None and _has(_member(kvm, "arch"), "vtcr"):   # up to 6.7: per VM
-        return _int(kvm, "arch.vtcr")
+    if arch is not None and _has(arch, "vtcr"):
+        return _int(arch, "vtcr")
     raise KernelLayoutError(f"neither struct kvm_s2_mmu nor struct kvm_arch has a member 'vtcr': not a "
                             f"kernel layout s2fast.drgn knows ({SUPPORTED})")
 
@@ -258,14 +260,18 @@ def _vmid(mmu: Any, vtcr: int) -> int:
     return int(vid.value_()) & (0xFFFF if vtcr >> 19 & 1 else 0xFF)
 
 
-def mmu_stage2(mmu: Any, kvm: Any = None, *, pgt: Any = None, reader: Optional[PhysReader] = None,
+def mmu_stage2(mmu: Any, arch: Any = None, *, pgt: Any = None, reader: Optional[PhysReader] = None,
                virt_to_phys: Any = None, xnx: Optional[bool] = None, fwb: Optional[bool] = None,
                allow_aliases: bool = False) -> Any:
-    """The stage 2 of a ``struct kvm_s2_mmu`` (``kvm`` for the VTCR of
-    kernels that keep it per VM; ``pgt`` when it is not ``mmu->pgt``)."""
+    """The stage 2 of a ``struct kvm_s2_mmu``. ``arch`` is the ``struct
+    kvm_arch`` holding the VTCR on kernels that keep it per VM (default
+    ``mmu->arch``); ``pgt`` the ``struct kvm_pgtable`` when it is not
+    ``mmu->pgt``."""
     prog = mmu.prog_
     _require(mmu, "vmid.id", "pgd_phys", "pgt.ia_bits", "pgt.start_level", "pgt.pgd")
-    vtcr = _vtcr(mmu, kvm)
+    if arch is None and _has(mmu, "arch") and _int(mmu, "arch"):
+        arch = _member(mmu, "arch")
+    vtcr = _vtcr(mmu, arch)
     if pgt is None:
         pgt = _member(mmu, "pgt")
         if not pgt.value_():
@@ -294,7 +300,7 @@ def kvm_stage2(kvm: Any, **kw: Any) -> Any:
     Keywords: ``reader`` (a PhysReader to share its page cache),
     ``virt_to_phys`` (a function for pgt->pgd; default drgn's on a kernel,
     False to take mmu->pgd_phys), ``xnx``, ``fwb``, ``allow_aliases``."""
-    return mmu_stage2(_member(kvm, "arch.mmu"), kvm, **kw)
+    return mmu_stage2(_member(kvm, "arch.mmu"), _member(kvm, "arch"), **kw)
 
 
 def kvm_nested_mmus(kvm: Any) -> list[tuple[int, Any]]:
@@ -321,7 +327,7 @@ def kvm_nested_mmus(kvm: Any) -> list[tuple[int, Any]]:
 
 def kvm_nested_stage2s(kvm: Any, **kw: Any) -> list[tuple[int, Any]]:
     """(index, Stage2PageTable) for each valid nested MMU."""
-    return [(i, mmu_stage2(mmu, kvm, **kw)) for i, mmu in kvm_nested_mmus(kvm)]
+    return [(i, mmu_stage2(mmu, _member(kvm, "arch"), **kw)) for i, mmu in kvm_nested_mmus(kvm)]
 
 
 def _host_mmu(prog: Any) -> Any:
@@ -355,21 +361,7 @@ def pkvm_host_stage2(prog: Any, **kw: Any) -> Any:
     if not _int(mmu, "pgd_phys"):
         return None
     kw["virt_to_phys"] = False
-    return mmu_stage2(mmu, _HostKvm(host), pgt=_member(host, "pgt"), **kw)
-
-
-class _HostKvm:
-    """host_mmu stands in for a struct kvm: it has the same ``arch``."""
-
-    def __init__(self, host: Any) -> None:
-        self._host = host
-
-    def member_(self, name: str) -> Any:
-        return self._host.member_(name)
-
-    @property
-    def type_(self) -> Any:
-        return self._host.type_
+    return mmu_stage2(mmu, _member(host, "arch"), pgt=_member(host, "pgt"), **kw)
 
 
 # ---------------------------------------------------------------------------
@@ -418,7 +410,7 @@ def kvm_memslots(kvm: Any, page_size: Optional[int] = None) -> list[KernelMemslo
     from drgn.helpers.linux.rbtree import rbtree_inorder_for_each_entry
 
     if page_size is None:
-        page_size = decode_vtcr(_vtcr(_member(kvm, "arch.mmu"), kvm)).granule
+        page_size = decode_vtcr(_vtcr(_member(kvm, "arch.mmu"), _member(kvm, "arch"))).granule
     shift = page_size.bit_length() - 1
     arr = _member(kvm, "memslots")
     out = []
@@ -517,7 +509,7 @@ def list_vms(prog: Any, **kw: Any) -> list[VmInfo]:
         out.append(info)
         for n, mmu in kvm_nested_mmus(kvm):
             sub = VmInfo(f"{i}.{n}", _addr(kvm), info.pid, None)
-            _fill(sub, lambda: mmu_stage2(mmu, kvm, **kw))
+            _fill(sub, lambda: mmu_stage2(mmu, _member(kvm, "arch"), **kw))
             out.append(sub)
     host = _host_mmu(prog)
     if host is not None and protected_mode(prog):
@@ -553,7 +545,7 @@ def open_vm(prog: Any, vm_id: str, **kw: Any) -> tuple[Any, list[KernelMemslot]]
         if not nested.isdigit() or int(nested) not in mmus:
             raise ValueError(f"--vm {vm_id!r}: VM {main} has no valid nested MMU {nested} "
                              f"(valid: {sorted(mmus) or 'none'})")
-        pt = mmu_stage2(mmus[int(nested)], kvm, **kw)
+        pt = mmu_stage2(mmus[int(nested)], _member(kvm, "arch"), **kw)
         return pt, []
     pt = kvm_stage2(kvm, **kw)
     return pt, kvm_memslots(kvm, pt.granule)

@@ -50,7 +50,7 @@ class Translation:
     fault: Fault
     fault_level: int
     fsc: int
-    af_updated: bool = False   # VTCR.HA set AF (``desc`` shows it set); False in memory
+    af_updated: bool = False   # VTCR.HA: AF was clear in memory and this access set it (``desc`` has it)
 
     @classmethod
     def from_row(cls, row: np.void) -> "Translation":

@@ -653,3 +653,11 @@ def test_docs_show_what_the_test_program_prints(monkeypatch, tables):
         out = io.StringIO()
         assert main(cmd.split()[1:], out=out, err=io.StringIO()) == 0
         assert out.getvalue() == block, cmd
+
+
+def test_pgd_and_pgd_phys_must_agree(tables):
+    k = build_kernel(_layout_obj("6.6"), LAYOUTS["6.6"], tables)
+    kvm = next(iter(kd.for_each_kvm(k.prog)))
+    with pytest.raises(ValueError, match=r"pgt->pgd 0xffff800080000000 translates to PA 0x80001000 "
+                                         r"but mmu->pgd_phys is 0x80000000"):
+        kd.kvm_stage2(kvm, virt_to_phys=lambda va: _linear(va) + 4096)

@@ -110,6 +110,8 @@ def _strategies_arg(text: str) -> list[Strategy]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .drgn import add_kernel_source, add_vms_parser
+
     p = _Parser(prog="s2fast", description="A fast, exact simulator of the KVM arm64 stage-2 walker.")
     p.add_argument("--version", action="version", version=f"s2fast {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -166,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     bar.add_argument("--no-progress", dest="progress", action="store_false")
 
     sub.add_parser("presets", help="list the presets that re-create the series' experiments")
+    add_vms_parser(sub)
 
     k = sub.add_parser("calibrate", help="fit a machine profile to measured times",
                        description="Fit per-event costs to measurements of experiments s2fast can run (a CSV: "
@@ -200,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "image with --base-pa, --vttbr and --vtcr")
     where.add_argument("--elf", default=None, metavar="CORE",
                        help="an ELF core (kdump vmcore, QEMU dump-guest-memory); needs --vttbr and --vtcr")
+    add_kernel_source(src, where)
+    src.add_argument("--vm", default=None, metavar="ID",
+                     help="--vmcore/--live: the VM to list, an ID from s2fast vms (N, N.M for nested MMU M, "
+                          "a struct kvm address, or host)")
     src.add_argument("--vttbr", type=_reg_arg("--vttbr"), default=None, metavar="X",
                      help="VTTBR_EL2 as read from the CPU (VMID and CnP are ignored)")
     src.add_argument("--vtcr", type=_reg_arg("--vtcr"), default=None, metavar="X", help="VTCR_EL2")
@@ -587,10 +594,37 @@ def _dump_table(args: argparse.Namespace) -> Any:
         raise UsageError(str(e)) from None
 
 
+def cmd_kernel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """s2fast vms and s2fast dump --vm: VMs read from a kernel with drgn (s2fast/drgn.py)."""
+    from . import drgn as kernel
+    from .errors import CorruptTableError, PhysMemReadError
+
+    try:
+        if args.command == "vms":
+            return kernel.cmd_vms(args, out, render_table)
+        if args.vm is None or (args.vmcore is None and not args.live):
+            raise UsageError("--vm needs --vmcore FILE or --live, and they (and --vmlinux) need --vm ID")
+        if args.guest_size is not None or args.backing is not None or args.granule is not None or \
+                args.vttbr is not None or args.vtcr is not None or args.base_pa is not None:
+            raise UsageError("--vm lists a VM of the kernel: its table, registers and granule come from the kernel")
+        text = kernel.dump_vm_text(args)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    except (CorruptTableError, PhysMemReadError) as e:
+        err.write(f"s2fast: error: the table cannot be walked: {e}\n")
+        return 1
+    except (OSError, ValueError, LookupError) as e:
+        raise UsageError(str(e)) from None
+    out.write(text + "\n")
+    return 0
+
+
 def cmd_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .dump import format_dump
     from .errors import CorruptTableError, PhysMemReadError
 
+    if args.vm is not None or args.vmcore is not None or args.live or args.vmlinux is not None:
+        return cmd_kernel(args, out, err)
     pt = _dump_table(args)
     try:
         text = format_dump(pt, json=args.json)
@@ -655,13 +689,15 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
         except SystemExit as e:   # --help, --version
             return int(e.code or 0)
         if args.command is None:
-            raise UsageError("a command is required: compare, presets, dump or calibrate (see s2fast --help)")
+            raise UsageError("a command is required: compare, presets, dump, calibrate or vms (see s2fast --help)")
         if args.command == "presets":
             return cmd_presets(out)
         if args.command == "dump":
             return cmd_dump(args, out, err)
         if args.command == "calibrate":
             return cmd_calibrate(args, out, err)
+        if args.command == "vms":
+            return cmd_kernel(args, out, err)
         return cmd_compare(args, out, err)
     except UsageError as e:
         err.write(f"s2fast: error: {e}\n")

@@ -96,6 +96,22 @@ def _reg_arg(name: str):
     return parse
 
 
+def custom_strategies(args: argparse.Namespace, given: Optional[list[Any]]) -> Optional[list[Any]]:
+    """--strategies plus every --strategy NAME=FLAGS and --strategy-module
+    FILE.py (None: the command's default set)."""
+    from .strategy import load_strategy_module, parse_strategy
+    extra: list[Any] = []
+    try:
+        extra += [parse_strategy(t) for t in args.strategy or []]
+        for path in args.strategy_module or []:
+            extra += load_strategy_module(path)
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if not extra:
+        return given
+    return (given if given is not None else [Strategy.KERNEL]) + extra
+
+
 def _strategies_arg(text: str) -> list[Strategy]:
     if text.strip().lower() == "all":
         return list(Strategy)
@@ -162,7 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="show a progress bar on stderr (default: when stderr is a terminal)")
     bar.add_argument("--no-progress", dest="progress", action="store_false")
 
+    w.add_argument("--strategy", action="append", default=None, metavar="NAME=FLAGS[,max_level=N]",
+                   help="your own strategy (repeatable), e.g. mine=LEAF|SKIP_LEVEL3; runs with KERNEL and "
+                        "--strategies (default: KERNEL and yours)")
+    w.add_argument("--strategy-module", action="append", default=None, metavar="FILE.py",
+                   help="strategies from a Python file's STRATEGIES list (repeatable)")
+
     sub.add_parser("presets", help="list the presets that re-create the series' experiments")
+    from .dirty_log_perf import add_parser as add_dirty_log_perf
+    add_dirty_log_perf(sub)
 
     d = sub.add_parser("dump", help="list a stage-2 table like the kernel's stage-2 ptdump",
                        description="One line per run of contiguous IPA with identical attributes. The table is "
@@ -378,7 +402,7 @@ def cmd_presets(out: TextIO) -> int:
 
 def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     _check_plot(args)
-    strategies = args.strategies
+    strategies = custom_strategies(args, args.strategies)
     if args.preset is not None:
         if args.preset != "all" and args.preset not in PRESETS:
             raise UsageError(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)} or all")
@@ -556,6 +580,35 @@ def cmd_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def cmd_dirty_log_perf(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import dirty_log_perf as dlp
+    opts = _checked(dlp.options_from_args, args)
+    _checked(dlp.layout, opts)
+    given = None
+    if args.strategies is not None:
+        try:
+            given = _strategies_arg(args.strategies)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--strategies: {e}") from None
+    strategies = custom_strategies(args, given) or [Strategy.KERNEL]
+    note = None
+    try:
+        profile = dlp.load_profile(args.profile)
+    except dlp.ProfileUnavailable as e:
+        profile, note = None, f"{e}; counts only"
+    except (ValueError, TypeError, OSError) as e:
+        raise UsageError(f"--profile: {e}") from None
+    res = _checked(dlp.run_all, opts, strategies)
+    if args.json:
+        d = dlp.to_dict(res, profile)
+        if note:
+            d["profile_note"] = note
+        out.write(json.dumps(d, indent=2) + "\n")
+    else:
+        out.write(dlp.report(res, profile, note) + "\n")
+    return 0
+
+
 def _checked(fn: Any, *a: Any, **kw: Any) -> Any:
     """Build a workload from the command line: the workload layer's
     ValueError / TypeError (which name the bad value) become usage errors."""
@@ -582,11 +635,14 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
         except SystemExit as e:   # --help, --version
             return int(e.code or 0)
         if args.command is None:
-            raise UsageError("a command is required: compare, presets or dump (see s2fast --help)")
+            raise UsageError("a command is required: compare, presets, dump or dirty-log-perf "
+                             "(see s2fast --help)")
         if args.command == "presets":
             return cmd_presets(out)
         if args.command == "dump":
             return cmd_dump(args, out, err)
+        if args.command == "dirty-log-perf":
+            return cmd_dirty_log_perf(args, out, err)
         return cmd_compare(args, out, err)
     except UsageError as e:
         err.write(f"s2fast: error: {e}\n")

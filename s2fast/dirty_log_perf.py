@@ -352,6 +352,7 @@ def guest_pass(vm: VM, ipas: np.ndarray, writes: np.ndarray) -> None:
     the block it maps, so only those are walked again."""
     core = vm._core
     page = vm.host.granule
+    page_shift = vm.host.page_shift
     level_size = vm._level_size
     kind_sizes = vm._kind_sizes
     fault = vm._write
@@ -365,6 +366,7 @@ def guest_pass(vm: VM, ipas: np.ndarray, writes: np.ndarray) -> None:
         ipl, wrl, okl = ip.tolist(), wr.tolist(), okv.tolist()
         lvl, dl = t["level"].tolist(), t["desc"].tolist()
         slow_w = slow_r = 0
+        changed: set[int] = set()
         todo = np.flatnonzero(~okv).tolist()
         k = 0
         while k < len(todo):
@@ -379,7 +381,10 @@ def guest_pass(vm: VM, ipas: np.ndarray, writes: np.ndarray) -> None:
                     raise ValueError(f"IPA {ipa:#x} is outside every memslot")
             w = wrl[i]
             lv = lvl[i]
-            fault(slot, ipa & -page, w, (lv, dl[i]))
+            pg = ipa >> page_shift
+            # the batch's walk is stale for a page an earlier fault changed
+            fault(slot, ipa & -page, w, None if pg in changed else (lv, dl[i]))
+            changed.add(pg)
             if w:
                 slow_w += 1
             else:
@@ -559,11 +564,14 @@ class DirtyLogPerfResult:
 
 def run_all(opts: Options, strategies: Optional[Iterable[Any]] = None, *,
             progress: Optional[Callable[[float, str], None]] = None) -> DirtyLogPerfResult:
-    """``run`` under KERNEL and each strategy (all built-in ones by default),
-    checking each final table against KERNEL's."""
+    """``run`` under KERNEL and each strategy (all built-in ones by default
+    or with "all"), checking each final table against KERNEL's."""
     order: list[AnyStrategy] = [Strategy.KERNEL]
-    for s in (list(Strategy) if strategies is None else
-              [strategies] if isinstance(strategies, (str, Strategy)) else strategies):
+    if strategies is None or (isinstance(strategies, str) and strategies.strip().lower() == "all"):
+        strategies = list(Strategy)
+    elif isinstance(strategies, (str, Strategy)):
+        strategies = [strategies]
+    for s in strategies:
         s = as_strategy(s)
         if s not in order:
             if any(o.name == s.name for o in order):

@@ -37,7 +37,7 @@ import numpy as np
 
 from .strategy import AnyStrategy, as_strategy
 from .variants import Strategy
-from .vm import (VM, Backing, TableDiff, _chunk, diff_tables, format_size, host_rules, parse_size,
+from .vm import (VM, Backing, TableDiff, _chunk, _delta, diff_tables, format_size, host_rules, parse_size,
                  summarize)
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -450,10 +450,6 @@ class DirtyLogPerfRun:
     @property
     def wall_s(self) -> float:
         return sum(p.wall_s for p in self.phases)
-
-
-def _delta(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
-    return {k: v - before.get(k, 0) for k, v in after.items() if k != "pages_live"}
 
 
 def _sum(dicts: Iterable[Mapping[str, int]]) -> dict[str, int]:

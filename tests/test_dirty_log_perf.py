@@ -413,3 +413,12 @@ def test_cli_compare_takes_custom_strategies():
                         "--strategy", "lvl2=LEAF,max_level=2")
     assert rc == 0, err
     assert "lvl2" in out and "KERNEL" in out and "SKIP_RETURN" not in out
+
+
+def test_readme_run_prints_what_the_readme_shows():
+    import pathlib
+    import re
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    cmd, shown = re.search(r"```sh\n(s2fast dirty-log-perf[^\n]*)\n```\n\n```\n(.*?)```", text, re.S).groups()
+    rc, out, err = main(*cmd.split()[1:])
+    assert rc == 0 and out == shown

@@ -666,7 +666,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequenc
 
 def notes(opts: Options) -> list[str]:
     """What the model leaves out or ignores for these options."""
-    out = []
+    out = ["memslot 0 (guest code, stage-1 tables, memstress_args) is not modelled; "
+           "vCPUs run one after another within a phase (see combine_vcpus)"]
     if opts.pcpus is not None:
         out.append(f"-c {opts.pcpus}: vCPU pinning has no effect on the model")
     if opts.phys_offset is not None:

@@ -394,6 +394,7 @@ def test_cli_report_in_the_selftests_order(tmp_path):
     assert pos == sorted(pos)
     assert "Get dirty log over 2 iterations took" in out and "Clear dirty log over 2 iterations took" in out
     assert "times need a cost-model profile" in out and "-c 0: vCPU pinning has no effect" in out
+    assert "memslot 0 (guest code" in out
     assert "exact counts, strategy mine" in out and "exact counts, strategy mod" in out
     assert "side by side" in out and "final tables vs KERNEL: mine: identical, mod: identical" in out
 
@@ -422,3 +423,16 @@ def test_readme_run_prints_what_the_readme_shows():
     cmd, shown = re.search(r"```sh\n(s2fast dirty-log-perf[^\n]*)\n```\n\n```\n(.*?)```", text, re.S).groups()
     rc, out, err = main(*cmd.split()[1:])
     assert rc == 0 and out == shown
+
+
+def test_table_split_takes_a_custom_strategy():
+    from s2fast import MemCache, Stage2PageTable
+    tables = []
+    for s in (Strategy.SKIP_LEVEL, Strategy.custom("same", WalkFlags.LEAF | WalkFlags.SKIP_LEVEL3)):
+        pt = Stage2PageTable(40)
+        pt.map(GiB, 2 * GiB, 1 << 40, 0xC, memcache=MemCache(8))
+        pt.reset_stats()
+        assert pt.split(GiB, 2 * GiB, MemCache(2 * 513), strategy=s) == 0
+        tables.append(pt)
+    a, b = tables
+    assert a.stats == b.stats and np.array_equal(a.descriptors, b.descriptors)

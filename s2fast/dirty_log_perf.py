@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 import numpy as np
 
+from ._walk import MemCache
 from .strategy import AnyStrategy, as_strategy
 from .variants import Strategy
 from .vm import (VM, Backing, TableDiff, _chunk, _delta, diff_tables, format_size, host_rules, parse_size,
@@ -341,7 +342,6 @@ def guest_accesses(rng: GuestRandom, pages: int, write_percent: int, random_acce
 # Running the phases
 
 _WINDOW = 4096
-_READ = 0
 
 
 def guest_pass(vm: VM, ipas: np.ndarray, writes: np.ndarray) -> None:
@@ -350,7 +350,7 @@ def guest_pass(vm: VM, ipas: np.ndarray, writes: np.ndarray) -> None:
     through the VM's fault handler (``VM._write``), one at a time. A fault
     can change what later accesses see only inside the entry it found or
     the block it maps, so only those are walked again."""
-    core = vm._core
+    walk = vm.pt.translate_batch
     page = vm.host.granule
     page_shift = vm.host.page_shift
     level_size = vm._level_size
@@ -361,7 +361,7 @@ def guest_pass(vm: VM, ipas: np.ndarray, writes: np.ndarray) -> None:
     for lo in range(0, len(ipas), _WINDOW):
         ip = np.ascontiguousarray(ipas[lo:lo + _WINDOW], dtype=np.uint64)
         wr = writes[lo:lo + _WINDOW]
-        t = core.translate(ip, _READ, False, False)
+        t = walk(ip, "read", ha=False)
         okv = t["ok"] & (~wr | t["writable"])
         ipl, wrl, okl = ip.tolist(), wr.tolist(), okv.tolist()
         lvl, dl = t["level"].tolist(), t["desc"].tolist()
@@ -398,7 +398,7 @@ def guest_pass(vm: VM, ipas: np.ndarray, writes: np.ndarray) -> None:
                 shift = np.uint64(reach.bit_length() - 1)
                 rest = np.flatnonzero((ip[i + 1:] >> shift) == (np.uint64(ipa) >> shift)) + i + 1
                 if len(rest):
-                    t2 = core.translate(ip[rest], _READ, False, False)
+                    t2 = walk(ip[rest], "read", ha=False)
                     ok2 = t2["ok"] & (~wr[rest] | t2["writable"])
                     for j, o, lv2, d2 in zip(rest.tolist(), ok2.tolist(), t2["level"].tolist(),
                                              t2["desc"].tolist()):
@@ -485,7 +485,8 @@ def run(opts: Options, strategy: Any = Strategy.KERNEL, *, keep_vm: bool = False
     strategy = as_strategy(strategy)
     vm, lay = new_vm(opts, strategy)
     report = progress or (lambda f, n: None)
-    vcpu_caches = [vm.vcpu_cache] + [type(vm.vcpu_cache)(0, on_empty="allocate") for _ in lay.vcpus[1:]]
+    # each vCPU has its own memory cache (vcpu->arch.mmu_page_cache)
+    vcpu_caches = [vm.vcpu_cache] + [MemCache(0, on_empty="allocate") for _ in lay.vcpus[1:]]
     rngs = [GuestRandom(opts.seed + i) for i in range(opts.vcpus)]
     phases: list[PhaseResult] = []
     steps = 3 + 3 * opts.iterations

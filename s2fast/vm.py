@@ -460,7 +460,7 @@ class Memslot:
         if h.pud_size:
             out[h.kind_names[2]] = int(n[K1G]) // h.units_per_pud
         out[h.kind_names[1]] = int(n[K2M])
-        out[h.kind_names[0]] = int(n[K4K]) * (h.unit // h.granule)
+        out[h.kind_names[0]] = min(int(n[K4K]) * (h.unit // h.granule), self.npages)   # page-aligned slots
         return out
 
     @property

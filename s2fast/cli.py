@@ -19,6 +19,7 @@ import time
 from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
+from .textfmt import render_table
 from .variants import Strategy
 from .vm import (PATTERNS, PRESETS, Comparison, PresetResult, Workload, compare, format_size, host_rules,
                  parse_size, run_preset)
@@ -231,17 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fmt_int(v: int) -> str:
     return f"{v:,}"
-
-
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    """A plain-text table with a dashed rule under the header."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        out = [c.rjust(wd) if r else c.ljust(wd) for c, wd, r in zip(cells, widths, right)]
-        return "  ".join(out).rstrip()
-
-    return "\n".join([line(headers), line(["-" * wd for wd in widths])] + [line(r) for r in rows])
 
 
 def comparison_table(cmp: Comparison) -> str:

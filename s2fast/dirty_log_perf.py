@@ -37,6 +37,7 @@ import numpy as np
 
 from ._walk import MemCache
 from .strategy import AnyStrategy, as_strategy
+from .textfmt import render_table
 from .variants import Strategy
 from .vm import (VM, Backing, TableDiff, _chunk, _delta, diff_tables, format_size, host_rules, parse_size,
                  summarize)
@@ -656,15 +657,6 @@ def _ts(s: float) -> str:
     return f"{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}s"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
 def notes(opts: Options) -> list[str]:
     """What the model leaves out or ignores for these options."""
     out = ["memslot 0 (guest code, stage-1 tables, memstress_args) is not modelled; "
@@ -726,7 +718,7 @@ def report(res: DirtyLogPerfResult, profile: Any = None, profile_note: Optional[
         headers = ["phase"] + [c[0] for c in COUNT_COLUMNS]
         rows = [[p.line.replace(" time", "")] + [f"{fn(p.counts):,}" for _, fn in COUNT_COLUMNS]
                 for p in r.phases]
-        out.append(_table(headers, rows, [False] + [True] * len(COUNT_COLUMNS)))
+        out.append(render_table(headers, rows, [False] + [True] * len(COUNT_COLUMNS)))
     if len(res.runs) > 1:
         out += ["", side_by_side(res, profile)]
     return "\n".join(out)
@@ -755,7 +747,7 @@ def side_by_side(res: DirtyLogPerfResult, profile: Any = None) -> str:
         rows.append(row)
     outcome = ", ".join(f"{n}: {res.diffs[n].describe()}" for n in names if n != "KERNEL")
     return "\n".join([f"side by side ({what}; % change against KERNEL)",
-                      _table(headers, rows, [False] + [True] * (len(headers) - 1)),
+                      render_table(headers, rows, [False] + [True] * (len(headers) - 1)),
                       f"final tables vs KERNEL: {outcome}"])
 
 

@@ -11,13 +11,14 @@ from .flags import (E2BIG, EAGAIN, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM
 from .pgtable import Geometry, Stage2PageTable, Stats, geometry, pte_prot
 from .translate import FSC_NONE, TRANSLATE_DTYPE, Access, Fault, Translation
 from .variants import LeafRun, OutcomeDiff, Strategy, compare_outcomes
+from .strategy import CustomStrategy
 
 __all__ = [
     "Stage2PageTable", "MemCache", "Stats", "Geometry", "geometry", "pte_prot",
     "WalkFlags", "Prot", "RW", "RWX", "VisitCtx", "BuiltinVisitor", "CountVisitor", "CollectVisitor",
     "CorruptTableError", "OutsideMemoryError", "ReadOnlyTableError", "PhysMemReadError",
     "PhysMem", "Segment", "describe", "Descriptor", "DumpRun", "dump_runs", "format_dump",
-    "Access", "Fault", "Translation", "TRANSLATE_DTYPE", "FSC_NONE", "Strategy", "compare_outcomes", "OutcomeDiff", "LeafRun",
+    "Access", "Fault", "Translation", "TRANSLATE_DTYPE", "FSC_NONE", "Strategy", "CustomStrategy", "compare_outcomes", "OutcomeDiff", "LeafRun",
     "SKIP_CHILDREN", "SKIP_SIBLINGS", "TLBI_TTL_UNKNOWN", "ERRNO_NAMES",
     "EPERM", "ENOENT", "E2BIG", "EAGAIN", "ENOMEM", "EFAULT", "EBUSY", "EEXIST", "EINVAL", "ERANGE",
 ]

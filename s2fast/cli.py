@@ -19,6 +19,7 @@ import time
 from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
+from .textfmt import render_table
 from .variants import Strategy
 from .vm import (PATTERNS, PRESETS, Comparison, PresetResult, Workload, compare, format_size, host_rules,
                  parse_size, run_preset)
@@ -96,6 +97,22 @@ def _reg_arg(name: str):
     return parse
 
 
+def custom_strategies(args: argparse.Namespace, given: Optional[list[Any]]) -> Optional[list[Any]]:
+    """--strategies plus every --strategy NAME=FLAGS and --strategy-module
+    FILE.py (None: the command's default set)."""
+    from .strategy import load_strategy_module, parse_strategy
+    extra: list[Any] = []
+    try:
+        extra += [parse_strategy(t) for t in args.strategy or []]
+        for path in args.strategy_module or []:
+            extra += load_strategy_module(path)
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if not extra:
+        return given
+    return (given if given is not None else [Strategy.KERNEL]) + extra
+
+
 def _strategies_arg(text: str) -> list[Strategy]:
     if text.strip().lower() == "all":
         return list(Strategy)
@@ -167,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="show a progress bar on stderr (default: when stderr is a terminal)")
     bar.add_argument("--no-progress", dest="progress", action="store_false")
 
+    w.add_argument("--strategy", action="append", default=None, metavar="NAME=FLAGS[,max_level=N]",
+                   help="your own strategy (repeatable), e.g. mine=LEAF|SKIP_LEVEL3; runs with KERNEL and "
+                        "--strategies (default: KERNEL and yours)")
+    w.add_argument("--strategy-module", action="append", default=None, metavar="FILE.py",
+                   help="strategies from a Python file's STRATEGIES list (repeatable)")
+
     sub.add_parser("presets", help="list the presets that re-create the series' experiments")
     add_vms_parser(sub)
 
@@ -184,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--prior-weight", type=float, default=None, metavar="W",
                    help="ridge weight toward the prior (default 1e-4: a cost moving by 100%% of its prior "
                         "weighs as much as one point of misfit in one row)")
+    from .dirty_log_perf import add_parser as add_dirty_log_perf
+    add_dirty_log_perf(sub)
 
     d = sub.add_parser("dump", help="list a stage-2 table like the kernel's stage-2 ptdump",
                        description="One line per run of contiguous IPA with identical attributes. The table is "
@@ -232,17 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fmt_int(v: int) -> str:
     return f"{v:,}"
-
-
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    """A plain-text table with a dashed rule under the header."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        out = [c.rjust(wd) if r else c.ljust(wd) for c, wd, r in zip(cells, widths, right)]
-        return "  ".join(out).rstrip()
-
-    return "\n".join([line(headers), line(["-" * wd for wd in widths])] + [line(r) for r in rows])
 
 
 def _fmt_s(v: float) -> str:
@@ -430,6 +444,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     _check_plot(args)
     profile = _load_profile(args.profile)
     strategies = args.strategies
+    strategies = custom_strategies(args, args.strategies)
     if args.preset is not None:
         if args.preset != "all" and args.preset not in PRESETS:
             raise UsageError(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)} or all")
@@ -660,6 +675,32 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     out.write(cal.report() + "\n")
     cal.profile.save(args.output)
     out.write(f"\nprofile written to {args.output}\n")
+def cmd_dirty_log_perf(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import dirty_log_perf as dlp
+    opts = _checked(dlp.options_from_args, args)
+    _checked(dlp.layout, opts)
+    given = None
+    if args.strategies is not None:
+        try:
+            given = _strategies_arg(args.strategies)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--strategies: {e}") from None
+    strategies = custom_strategies(args, given) or [Strategy.KERNEL]
+    note = None
+    try:
+        profile = dlp.load_profile(args.profile)
+    except dlp.ProfileUnavailable as e:
+        profile, note = None, f"{e}; counts only"
+    except (ValueError, TypeError, OSError) as e:
+        raise UsageError(f"--profile: {e}") from None
+    res = _checked(dlp.run_all, opts, strategies)
+    if args.json:
+        d = dlp.to_dict(res, profile)
+        if note:
+            d["profile_note"] = note
+        out.write(json.dumps(d, indent=2) + "\n")
+    else:
+        out.write(dlp.report(res, profile, note) + "\n")
     return 0
 
 
@@ -689,7 +730,8 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
         except SystemExit as e:   # --help, --version
             return int(e.code or 0)
         if args.command is None:
-            raise UsageError("a command is required: compare, presets, dump, calibrate or vms (see s2fast --help)")
+            raise UsageError("a command is required: compare, presets, dump, calibrate, vms or dirty-log-perf "
+                             "(see s2fast --help)")
         if args.command == "presets":
             return cmd_presets(out)
         if args.command == "dump":
@@ -698,6 +740,8 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
             return cmd_calibrate(args, out, err)
         if args.command == "vms":
             return cmd_kernel(args, out, err)
+        if args.command == "dirty-log-perf":
+            return cmd_dirty_log_perf(args, out, err)
         return cmd_compare(args, out, err)
     except UsageError as e:
         err.write(f"s2fast: error: {e}\n")

@@ -424,23 +424,24 @@ class Stage2PageTable:
         """kvm_pgtable_stage2_split() under a walker ``strategy``
         (s2fast.Strategy, default KERNEL: today's walk). ``flags`` are OR-ed
         into the strategy's walk flags; ``max_level`` overrides its maximum level."""
+        from .strategy import CustomStrategy, run_split
         from .variants import Strategy
 
         ipa, size = _u64("ipa", ipa), _u64("size", size)
         mc = _memcache(memcache, allow_none=False)
         strategy = Strategy.KERNEL if strategy is None else strategy
-        if not isinstance(strategy, Strategy):
-            raise TypeError(f"strategy must be an s2fast.Strategy, not {type(strategy).__name__} {strategy!r}")
+        if not isinstance(strategy, (Strategy, CustomStrategy)):
+            raise TypeError(f"strategy must be an s2fast.Strategy or CustomStrategy, not "
+                            f"{type(strategy).__name__} {strategy!r}")
         extra = _flags(flags)
         # The kernel's split visitor treats every visit as a leaf: a table
         # visit would be split as if the table page were a block.
         table_visits = int(WalkFlags.TABLE_POST) | (0 if strategy.skip_return else int(WalkFlags.TABLE_PRE))
-        if extra & table_visits:
+        if extra & table_visits and getattr(strategy, "split_visitor", None) is None:
             raise ValueError(f"split flags {extra:#x} ask for table visits, which {strategy.name}'s "
                              "split visitor would treat as blocks")
-        walk_flags = strategy.flags | extra
-        level = strategy.max_level if max_level is None else self._max_level(max_level)
-        return self._core.split(ipa, size, mc, walk_flags, level, strategy.skip_return)
+        level = None if max_level is None else self._max_level(max_level)
+        return run_split(self._core, self.geometry.page_shift, strategy, ipa, size, mc, extra, level)
 
     def flush(self, ipa: int, size: int) -> int:
         """kvm_pgtable_stage2_flush()."""

@@ -46,6 +46,14 @@ class Strategy(enum.Enum):
     def skip_return(self) -> bool:
         return self.value[2]
 
+    @staticmethod
+    def custom(name: str, flags: int = int(WalkFlags.LEAF), max_level: int = LAST_LEVEL, *,
+               skip_return: bool = False, split_visitor: Any = None) -> Any:
+        """Your own strategy, accepted wherever a Strategy is (an
+        s2fast.CustomStrategy: see s2fast/strategy.py)."""
+        from .strategy import CustomStrategy
+        return CustomStrategy(name, flags, max_level, skip_return, split_visitor)
+
 
 @dataclass(frozen=True)
 class LeafRun:

@@ -44,8 +44,9 @@ import numpy as np
 
 from . import _walk
 from ._walk import CollectVisitor, MemCache
-from .flags import EAGAIN, ENOMEM, RW, WalkFlags
+from .flags import EAGAIN, ENOMEM, RW, Prot, WalkFlags
 from .pgtable import DEFAULT_RESERVE, GRANULES, Stage2PageTable, geometry
+from .strategy import AnyStrategy, CustomStrategy, as_strategy, run_split
 from .variants import Strategy, _unsplit
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -76,6 +77,7 @@ _TABLE_PA_BASE = _walk.TABLE_PA_BASE
 #: user_mem_abort() walks with these flags
 FAULT_FLAGS = int(WalkFlags.HANDLE_FAULT | WalkFlags.SHARED)
 _RW = int(RW)
+_R = int(Prot.R)
 #: bitmap words a CLEAR handles per batch of Python work (16 GiB of guest)
 _CLEAR_SEGMENT = 1 << 16
 
@@ -100,6 +102,9 @@ COUNTERS = (
     "mask_words",             # kvm_arch_mmu_enable_log_dirty_pt_masked() calls
     "guest_writes",
     "writes_no_fault",        # the page was writable: no exit
+    "guest_reads",
+    "reads_no_fault",         # the page was mapped: no exit
+    "faults_read",            # ... of the faults counted below, those of a read
     "faults_perm",            # permission fault fixed by relax_perms()
     "faults_perm_block",      # permission fault on a block: map() of a page
     "faults_translation",     # translation fault: map()
@@ -154,19 +159,9 @@ def _bool(name: str, v: Any) -> bool:
     return bool(v)
 
 
-_STRATEGY_ALIASES = {"SKIP_NEW_TABLE": "SKIP_LEVEL_NEW_TABLE", "SNT": "SKIP_LEVEL_NEW_TABLE"}
-
-
-def _strategy(v: Any) -> Strategy:
-    if isinstance(v, Strategy):
-        return v
-    if isinstance(v, str):
-        name = v.strip().upper().replace("-", "_")
-        name = _STRATEGY_ALIASES.get(name, name)
-        if name in Strategy.__members__:
-            return Strategy[name]
-        raise ValueError(f"strategy {v!r} is not one of {', '.join(s.name for s in Strategy)}")
-    raise TypeError(f"strategy must be an s2fast.Strategy or its name, not {type(v).__name__} {v!r}")
+def _strategy(v: Any) -> AnyStrategy:
+    """A built-in Strategy, a CustomStrategy, a name or a (flags, max_level) pair."""
+    return as_strategy(v)
 
 
 @dataclass(frozen=True)
@@ -397,7 +392,7 @@ def _assign_kinds(base: int, size: int, backing: Backing, rng: np.random.Generat
     is left is PMD blocks (also the fallback for PUD backing where no
     aligned PUD range fits). Hosts without PUD blocks have only the last two."""
     unit = h.unit
-    n_units = size // unit
+    n_units = -(-size // unit)          # a page-backed slot may end inside a unit
     kinds = np.full(n_units, K2M, dtype=np.uint8)
     per_pud = h.units_per_pud
     if per_pud:
@@ -466,8 +461,19 @@ class Memslot:
         if h.pud_size:
             out[h.kind_names[2]] = int(n[K1G]) // h.units_per_pud
         out[h.kind_names[1]] = int(n[K2M])
-        out[h.kind_names[0]] = int(n[K4K]) * (h.unit // h.granule)
+        out[h.kind_names[0]] = min(int(n[K4K]) * (h.unit // h.granule), self.npages)   # page-aligned slots
         return out
+
+    @property
+    def dirty_bytes(self) -> memoryview:
+        """The dirty bitmap as bytes (bit n of the little-endian words is
+        bit n % 8 of byte n // 8): a byte's update costs far less than a
+        numpy word's."""
+        bm = self.dirty_bitmap
+        if getattr(self, "_bytes_of", None) is not bm:
+            self._bytes_of = bm
+            self._bytes = memoryview(bm.view(np.uint8))
+        return self._bytes
 
     def dirty_pages(self) -> int:
         """Bits set in the dirty bitmap (0 when not logging)."""
@@ -531,14 +537,12 @@ class VM:
     # -- configuration ------------------------------------------------------
 
     @property
-    def strategy(self) -> Strategy:
+    def strategy(self) -> AnyStrategy:
         return self._strategy
 
     @strategy.setter
     def strategy(self, v: Any) -> None:
-        s = _strategy(v)
-        self._strategy = s
-        self._split_args = (s.flags, s.max_level, s.skip_return)
+        self._strategy = _strategy(v)
 
     @property
     def eager_split_chunk(self) -> int:
@@ -558,15 +562,20 @@ class VM:
     # -- memslots -------------------------------------------------------------
 
     def add_memslot(self, size: Any, backing: Any = "hugetlb", *, base: Any = None,
-                    seed: int = 0) -> Memslot:
+                    seed: int = 0, populate: bool = True, page_aligned: bool = False) -> Memslot:
         """Create a memslot and pre-fault all of it, writable, with its
         backing (as a guest that has touched all its memory; by default the
-        host's largest stage-2 block: 1 GiB, 32 MiB or 512 MiB). Returns it."""
+        host's largest stage-2 block: 1 GiB, 32 MiB or 512 MiB). Returns it.
+        With ``populate=False`` nothing is mapped: the guest's first touch
+        of each page faults. Slots are PMD_SIZE aligned; with
+        ``page_aligned=True`` a slot backed by pages only may start and end
+        on any page boundary (KVM itself needs no more)."""
         h = self.host
-        unit = h.unit
         size = parse_size(size)
         backing = Backing.parse(backing, h.granule)
+        unit = h.granule if _bool("page_aligned", page_aligned) and backing.pct_4k == 100 else h.unit
         seed = _int("seed", seed)
+        populate = _bool("populate", populate)
         if base is None:
             base = self.memslots[-1].end if self.memslots else DEFAULT_BASE
             base = -(-base // unit) * unit
@@ -586,7 +595,8 @@ class VM:
         rng = np.random.default_rng([seed, len(self.memslots)])
         slot = Memslot(len(self.memslots), base, size, backing, seed, _assign_kinds(base, size, backing, rng, h),
                        granule=h.granule)
-        self._build(slot)
+        if populate:
+            self._build(slot)
         i = bisect.bisect(self._bases, base)
         self._bases.insert(i, base)
         self.memslots.insert(i, slot)
@@ -603,7 +613,7 @@ class VM:
         for a, b in zip(starts, ends):
             kind = int(kinds[a])
             ipa = slot.base + a * unit
-            size = (b - a) * unit
+            size = min(b * unit, slot.size) - a * unit
             phys = PHYS_OFFSET + ipa + (pmd if kind == K2M else 0)
             ret = core.map(ipa, size, phys, _RW, mc, 0, kind == K4K)
             if ret:
@@ -688,8 +698,7 @@ class VM:
             return 0
         mc = self.split_cache
         cap = self._split_capacity
-        split = self._core.split
-        flags, max_level, skip_return = self._split_args
+        core, shift, strategy = self._core, self.host.page_shift, self._strategy
         n = 0
         ret = 0
         while True:
@@ -700,7 +709,7 @@ class VM:
             nxt = (addr + chunk) & ~(chunk - 1)
             if nxt > end:
                 nxt = end
-            ret = split(addr, nxt - addr, mc, flags, max_level, skip_return)
+            ret = run_split(core, shift, strategy, addr, nxt - addr, mc)
             n += 1
             if ret or nxt == end:
                 break
@@ -881,18 +890,24 @@ class VM:
                 errors += 1
         return errors
 
-    def _write(self, slot: Memslot, ipa: int) -> int:
+    def _write(self, slot: Memslot, ipa: int, write: bool = True,
+               walked: Optional[tuple[int, int]] = None) -> int:
+        """One guest write (or, ``write=False``, read) of ``ipa``. A read
+        faults only on an invalid entry; on a logging slot it maps the page
+        read-only (user_mem_abort: only a write fault maps it writable).
+        ``walked``: the hardware walk's (level, descriptor) for ``ipa`` when
+        the caller has just done it (a batch translation)."""
         c = self.counters
-        c["guest_writes"] += 1
+        c["guest_writes" if write else "guest_reads"] += 1
         core = self._core
         ret = -EAGAIN
         for attempt in range(4):
-            level, pte = self._translate(ipa)
-            if pte & _S2AP_W:
+            level, pte = walked if attempt == 0 and walked is not None else self._translate(ipa)
+            if pte & _S2AP_W if write else pte:
                 if attempt == 0:
-                    c["writes_no_fault"] += 1
+                    c["writes_no_fault" if write else "reads_no_fault"] += 1
                 return 0
-            # user_mem_abort(): a write fault tops the vCPU cache up first
+            # user_mem_abort(): a fault tops the vCPU cache up first
             mc = self.vcpu_cache
             if mc.nobjs < self._vcpu_min_pages:
                 c["vcpu_cache_topups"] += 1
@@ -905,17 +920,20 @@ class VM:
                 ret = core.relax_perms(ipa, _RW, FAULT_FLAGS)
             else:
                 c["faults_perm_block" if pte else "faults_translation"] += 1
+                if not write:
+                    c["faults_read"] += 1
                 fipa = ipa & ~(size - 1)
-                ret = core.map(fipa, size, slot.phys(fipa), _RW, mc, FAULT_FLAGS, False)
+                prot = _RW if write or not slot.logging else _R
+                ret = core.map(fipa, size, slot.phys(fipa), prot, mc, FAULT_FLAGS, False)
             if ret != EAGAIN:
                 break
             c["fault_retries"] += 1
         if ret:
             c["fault_errors"] += 1
             return ret
-        if slot.logging:
+        if slot.logging and write:
             off = (ipa - slot.base) >> self._page_shift
-            slot.dirty_bitmap[off >> 6] |= np.uint64(1 << (off & 63))
+            slot.dirty_bytes[off >> 3] |= 1 << (off & 7)
             c["pages_marked_dirty"] += 1
         return 0
 
@@ -1002,7 +1020,7 @@ class RunResult:
     """One workload under one strategy. ``phases`` excludes the build,
     which is the same under every strategy (``build``)."""
 
-    strategy: Strategy
+    strategy: AnyStrategy
     build: Phase
     phases: list[Phase]
     vm: Optional[VM] = field(default=None, repr=False)
@@ -1303,8 +1321,8 @@ class Comparison:
     and is the reference for speed-ups and final-table checks."""
 
     workload: Workload
-    results: dict[Strategy, RunResult]
-    diffs: dict[Strategy, TableDiff]
+    results: dict[AnyStrategy, RunResult]
+    diffs: dict[AnyStrategy, TableDiff]
     #: the machine profile for predicted seconds (s2fast.cost; None: generic)
     profile: Any = None
 
@@ -1373,10 +1391,10 @@ class Comparison:
         }
 
 
-def _strategies(strategies: Optional[Iterable[Any]]) -> list[Strategy]:
+def _strategies(strategies: Optional[Iterable[Any]]) -> list[AnyStrategy]:
     if strategies is None:
         return list(Strategy)
-    if isinstance(strategies, (str, Strategy)):
+    if isinstance(strategies, (str, Strategy, CustomStrategy)):
         strategies = [strategies]
     out = [Strategy.KERNEL]
     for s in strategies:
@@ -1396,8 +1414,8 @@ def compare(workload: Workload, strategies: Optional[Iterable[Any]] = None, *,
     from .cost.model import load_profile
     profile = load_profile(profile)
     order = _strategies(strategies)
-    results: dict[Strategy, RunResult] = {}
-    diffs: dict[Strategy, TableDiff] = {}
+    results: dict[AnyStrategy, RunResult] = {}
+    diffs: dict[AnyStrategy, TableDiff] = {}
     kernel_vm: Optional[VM] = None
     for i, s in enumerate(order):
         step = (lambda f, name, i=i, s=s: progress((i + f) / len(order), f"{s.name}: {name}")) \

@@ -399,14 +399,22 @@ def test_cli_report_in_the_selftests_order(tmp_path):
     assert "side by side" in out and "final tables vs KERNEL: mine: identical, mod: identical" in out
 
 
-def test_cli_json_and_profile_without_cost_model():
-    rc, out, err = main("dirty-log-perf", "-b", "4M", "--json", "--profile", "graviton3")
-    assert rc == 0
+def test_cli_json_with_a_profile_predicts_each_phase_from_its_counts():
+    from s2fast.cost.model import load_profile
+    rc, out, err = main("dirty-log-perf", "-b", "4M", "--json", "--profile", "generic")
+    assert rc == 0, err
     d = json.loads(out)
     ph = d["strategies"]["KERNEL"]["phases"]
     assert [p["name"] for p in ph][0] == "populate" and ph[0]["counts"]["faults_translation"] == 1024
-    assert ph[0]["predicted_s"] is None and "s2fast.costmodel" in d["profile_note"]
+    # One vCPU: the phase's prediction is the profile's price of its counts.
+    assert ph[0]["predicted_s"] == pytest.approx(load_profile("generic").seconds(ph[0]["counts"]))
+    assert ph[0]["predicted_s"] > 0 and d["profile"] == "generic"
     assert d["layout"]["gpa"] == TOP40 - 4 * MiB - 4 * KiB
+
+
+def test_cli_unknown_profile_is_a_usage_error():
+    rc, out, err = main("dirty-log-perf", "-b", "4M", "--profile", "graviton3")
+    assert rc == 2 and out == "" and "graviton3" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_compare_takes_custom_strategies():

@@ -47,6 +47,23 @@ class Strategy(enum.Enum):
         return self.value[2]
 
 
+_STRATEGY_ALIASES = {"SKIP_NEW_TABLE": "SKIP_LEVEL_NEW_TABLE", "SNT": "SKIP_LEVEL_NEW_TABLE"}
+
+
+def as_strategy(v: Any) -> Strategy:
+    """A Strategy, or its name in any case with - or _ (SKIP_NEW_TABLE and
+    SNT name SKIP_LEVEL_NEW_TABLE)."""
+    if isinstance(v, Strategy):
+        return v
+    if isinstance(v, str):
+        name = v.strip().upper().replace("-", "_")
+        name = _STRATEGY_ALIASES.get(name, name)
+        if name in Strategy.__members__:
+            return Strategy[name]
+        raise ValueError(f"strategy {v!r} is not one of {', '.join(s.name for s in Strategy)}")
+    raise TypeError(f"strategy must be an s2fast.Strategy or its name, not {type(v).__name__} {v!r}")
+
+
 @dataclass(frozen=True)
 class LeafRun:
     """A run of contiguous leaves of one level present in one table only."""

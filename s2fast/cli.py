@@ -276,9 +276,16 @@ def unsafe_footnote(cmps: Sequence[tuple[str, Comparison]]) -> list[str]:
             if d.identical:
                 continue
             where = f" ({label})" if label else ""
+            terms = []
+            if d.unsplit:
+                terms.append("unsplit: blocks KERNEL's split turned into smaller leaves and this strategy left "
+                             "whole")
+            if d.unmapped:
+                terms.append("unmapped: KERNEL's leaves with nothing mapped here, e.g. the rest of a block "
+                             "left unsplit that a write fault then broke up")
+            why = f" ({'; '.join(terms)})" if terms else ""
             out.append(f"* UNSAFE: {s.name}{where} does not leave KERNEL's final table: "
-                       f"{d.describe().removeprefix('differs: ')} (\"unsplit\": blocks KERNEL's split turned "
-                       "into smaller leaves and this strategy left whole). A walker change must leave exactly "
+                       f"{d.describe().removeprefix('differs: ')}{why}. A walker change must leave exactly "
                        "the kernel's table to replace it.")
     return out
 

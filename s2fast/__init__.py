@@ -1,9 +1,20 @@
 """s2fast: an exact, fast simulator of the Linux KVM arm64 stage-2 page-table
 walker (arch/arm64/kvm/hyp/pgtable.c)."""
-from ._walk import BuiltinVisitor, CollectVisitor, CountVisitor, MemCache, VisitCtx
+try:
+    from ._walk import BuiltinVisitor, CollectVisitor, CountVisitor, MemCache, VisitCtx
+except ModuleNotFoundError as _e:
+    if _e.name != __name__ + "._walk":
+        raise
+    # Python run from the top of a checkout imports the source folder, which
+    # holds the compiled engine only after an editable or in-place build.
+    raise ImportError(
+        f"s2fast was imported from {__path__[0]}, which has no compiled engine (s2fast._walk): in a "
+        "checkout, install with 'pip install -e .' (or build in place: pip install 'Cython>=3.1' numpy "
+        "setuptools, then python setup.py build_ext --inplace), or run Python outside the checkout") from None
 from .describe import Descriptor, describe
 from .dump import DumpRun, dump_runs, format_dump
-from .errors import CorruptTableError, OutsideMemoryError, PhysMemReadError, ReadOnlyTableError
+from .errors import (CorruptTableError, InsufficientMemoryError, OutsideMemoryError, PhysMemReadError,
+                     ReadOnlyTableError)
 from .physmem import PhysMem, Segment
 from .flags import (E2BIG, EAGAIN, EBUSY, EEXIST, EFAULT, EINVAL, ENOENT, ENOMEM, EPERM, ERANGE,
                     ERRNO_NAMES, RW, RWX, SKIP_CHILDREN, SKIP_SIBLINGS, TLBI_TTL_UNKNOWN, Prot,
@@ -16,7 +27,7 @@ from .strategy import CustomStrategy
 __all__ = [
     "Stage2PageTable", "MemCache", "Stats", "Geometry", "geometry", "pte_prot",
     "WalkFlags", "Prot", "RW", "RWX", "VisitCtx", "BuiltinVisitor", "CountVisitor", "CollectVisitor",
-    "CorruptTableError", "OutsideMemoryError", "ReadOnlyTableError", "PhysMemReadError",
+    "CorruptTableError", "InsufficientMemoryError", "OutsideMemoryError", "ReadOnlyTableError", "PhysMemReadError",
     "PhysMem", "Segment", "describe", "Descriptor", "DumpRun", "dump_runs", "format_dump",
     "Access", "Fault", "Translation", "TRANSLATE_DTYPE", "FSC_NONE", "Strategy", "CustomStrategy", "compare_outcomes", "OutcomeDiff", "LeafRun",
     "SKIP_CHILDREN", "SKIP_SIBLINGS", "TLBI_TTL_UNKNOWN", "ERRNO_NAMES",

@@ -20,6 +20,7 @@ from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
 from .textfmt import render_table
+from .errors import InsufficientMemoryError
 from .variants import Strategy
 from .vm import (PATTERNS, PRESETS, Comparison, PresetResult, Workload, compare, format_size, host_rules,
                  parse_size, run_preset)
@@ -161,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--no-initially-set", dest="initially_set", action="store_false",
                       help="enabling dirty logging write-protects and eagerly splits")
     w.add_argument("--tlb-range", action="store_true", help="the CPU has range TLBIs")
-    w.add_argument("--fwb", action="store_true", help="the CPU has stage-2 FWB (no CMOs)")
+    w.add_argument("--fwb", action="store_true",
+                   help="the CPU has stage-2 FWB: the dcache hook is still called (CMO calls) but does no "
+                        "maintenance (CMOs done)")
     w.add_argument("--preset", default=None, metavar="NAME",
                    help="one of the series' experiments (see 's2fast presets'), or 'all'")
     w.add_argument("--strategies", type=_strategies_arg, default=None, metavar="LIST",
@@ -174,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="print JSON instead of the table")
     fmt.add_argument("--csv", action="store_true", help="print CSV instead of the table")
     o.add_argument("--phases", action="store_true", help="also print the cost of each phase")
+    o.add_argument("--fail-on-difference", action="store_true",
+                   help="exit with status 1 when a strategy's final table differs from KERNEL's (UNSAFE), "
+                        "so that a CI job can use s2fast as a gate (0: all identical; 2: an error)")
     o.add_argument("--plot", default=None, metavar="FILE.png",
                    help="also draw entries read per strategy against guest size (needs matplotlib)")
     o.add_argument("--plot-sizes", type=_sizes_arg, default=None, metavar="LIST",
@@ -263,49 +269,77 @@ def _fmt_s(v: float) -> str:
     return f"{v:.3g}"
 
 
+def _ratio(v: Optional[float], fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    """The last column: 'identical', or UNSAFE and what differs (footnoted)."""
+    if row["identical"]:
+        return row["outcome"]
+    return "UNSAFE*: " + row["outcome"].removeprefix("differs: ")
+
+
 def comparison_table(cmp: Comparison) -> str:
-    headers = ["strategy", "entries read", "callbacks", "TLBIs", "CMOs", "pages alloc", "predicted (s)",
-               "vs KERNEL", "time (s)", "speed-up", "final table vs KERNEL"]
+    """One row per strategy. The preset tables use it too, so every table
+    has the same columns."""
+    headers = ["strategy", "entries read", "callbacks", "TLBIs", "CMO calls", "CMOs done", "pages alloc",
+               "predicted (s)", "vs KERNEL", "time (s)", "reduction", "speed-up", "final table vs KERNEL"]
     rows = []
     for r in cmp.rows():
         rows.append([r["strategy"], _fmt_int(r["entries_read"]), _fmt_int(r["callbacks"]), _fmt_int(r["tlbis"]),
-                     _fmt_int(r["cmos"]), _fmt_int(r["pages_alloc"]), _fmt_s(r["predicted_s"]),
-                     f"{r['predicted_pct_change']:+.1f}%", f"{r['wall_s']:.2f}",
-                     f"{r['speedup']:.2f}x", r["outcome"]])
-    return render_table(headers, rows, [False, True, True, True, True, True, True, True, True, True, False])
+                     _fmt_int(r["cmos"]), _fmt_int(r["cmos_done"]), _fmt_int(r["pages_alloc"]),
+                     _fmt_s(r["predicted_s"]), f"{r['predicted_pct_change']:+.1f}%",
+                     f"{r['wall_s']:.2f}", _ratio(r["reduction_pct"], "{:.1f}%"), _ratio(r["speedup"], "{:.2f}x"),
+                     _outcome(r)])
+    return render_table(headers, rows, [False] + [True] * 11 + [False])
 
 
 def phase_table(cmp: Comparison) -> str:
-    headers = ["strategy", "phase", "entries read", "callbacks", "TLBIs", "CMOs", "pages alloc", "predicted (s)",
-               "time (s)"]
+    headers = ["strategy", "phase", "entries read", "callbacks", "TLBIs", "CMO calls", "CMOs done", "pages alloc",
+               "predicted (s)", "time (s)"]
     rows = [[r["strategy"], r["phase"], _fmt_int(r["entries_read"]), _fmt_int(r["callbacks"]),
-             _fmt_int(r["tlbis"]), _fmt_int(r["cmos"]), _fmt_int(r["pages_alloc"]), _fmt_s(r["predicted_s"]),
-             f"{r['wall_s']:.2f}"]
+             _fmt_int(r["tlbis"]), _fmt_int(r["cmos"]), _fmt_int(r["cmos_done"]), _fmt_int(r["pages_alloc"]),
+             _fmt_s(r["predicted_s"]), f"{r['wall_s']:.2f}"]
             for r in cmp.phase_rows()]
-    return render_table(headers, rows, [False, False, True, True, True, True, True, True, True])
+    return render_table(headers, rows, [False, False] + [True] * 8)
 
 
-def preset_table(res: PresetResult) -> str:
-    headers = ["strategy", "enable: entries read", "reduction", "CLEAR: entries read", "reduction",
-               "enable: predicted", "CLEAR: predicted", "final table vs KERNEL"]
-    rows = [[r["strategy"], _fmt_int(r["enable_entries_read"]), f"{r['enable_reduction_pct']:.1f}%",
-             _fmt_int(r["clear_entries_read"]), f"{r['clear_reduction_pct']:.1f}%",
-             f"{_fmt_s(r['enable_predicted_s'])} s {r['enable_predicted_pct_change']:+.1f}%",
-             f"{_fmt_s(r['clear_predicted_s'])} s {r['clear_predicted_pct_change']:+.1f}%", r["outcome"]]
-            for r in res.rows()]
-    return render_table(headers, rows, [False, True, True, True, True, True, True, False])
+FOOTNOTE = ("reduction, speed-up: KERNEL's entries read against the strategy's ('-' where KERNEL read none); "
+            "predicted: seconds on the machine of profile {profile} (s2fast.cost) and their change against "
+            "KERNEL; time is the simulator's, build excluded.\n"
+            "CMO calls: calls of the cache-maintenance hooks (mm_ops dcache_clean_inval_poc, "
+            "icache_inval_pou); CMOs done: those that maintain a cache (on FWB hardware mmu.c's dcache "
+            "hook returns at once).")
 
 
-FOOTNOTE = ("speed-up: KERNEL's entries read over the strategy's; predicted: seconds on the machine of "
-            "profile {profile} (s2fast.cost) and their change against KERNEL; time is the simulator's, "
-            "build excluded.")
+def unsafe_footnote(cmps: Sequence[tuple[str, Comparison]]) -> list[str]:
+    """What each UNSAFE row left behind, for the lines under the table."""
+    out = []
+    for label, cmp in cmps:
+        for s, d in cmp.diffs.items():
+            if d.identical:
+                continue
+            where = f" ({label})" if label else ""
+            terms = []
+            if d.unsplit:
+                terms.append("unsplit: blocks KERNEL's split turned into smaller leaves and this strategy left "
+                             "whole")
+            if d.unmapped:
+                terms.append("unmapped: KERNEL's leaves with nothing mapped here, e.g. the rest of a block "
+                             "left unsplit that a write fault then broke up")
+            why = f" ({'; '.join(terms)})" if terms else ""
+            out.append(f"* UNSAFE: {s.name}{where} does not leave KERNEL's final table: "
+                       f"{d.describe().removeprefix('differs: ')}{why}. A walker change must leave exactly "
+                       "the kernel's table to replace it.")
+    return out
 
 
 def comparison_text(cmp: Comparison, phases: bool) -> str:
     w = cmp.workload
     names = ", ".join(p.name for p in next(iter(cmp.results.values())).phases)
     out = [f"s2fast compare: {w.describe()}", f"phases: {names} (build excluded)", "",
-           comparison_table(cmp), "", FOOTNOTE.format(profile=_profile_name(cmp))]
+           comparison_table(cmp), "", FOOTNOTE.format(profile=_profile_name(cmp))] + unsafe_footnote([("", cmp)])
     if phases:
         out += ["", phase_table(cmp)]
     return "\n".join(out)
@@ -314,13 +348,13 @@ def comparison_text(cmp: Comparison, phases: bool) -> str:
 def preset_text(res: PresetResult, phases: bool) -> str:
     p = res.preset
     cw = res.clear.workload
-    out = [f"s2fast compare --preset {p.name}: {p.description}",
+    out = [f"s2fast compare --preset {p.name}: {p.description}", "",
            "enable dirty tracking: not initially-all-set (write-protect + eager split of the slot)",
-           f"CLEAR_DIRTY_LOG: initially-all-set, {cw.passes} passes, {cw.writes} {cw.pattern} writes "
-           f"between passes",
-           "reduction: entries read, against KERNEL; predicted: seconds of the measured phases (enable; "
-           f"every CLEAR pass) on profile {_profile_name(res.enable)}, and change against KERNEL",
-           "", preset_table(res)]
+           comparison_table(res.enable), "",
+           f"CLEAR_DIRTY_LOG: initially-all-set, {cw.passes} CLEAR pass{'es' if cw.passes != 1 else ''}, "
+           f"{cw.writes_text()}",
+           comparison_table(res.clear), "", FOOTNOTE.format(profile=_profile_name(res.enable))]
+    out += unsafe_footnote([("enable", res.enable), ("CLEAR", res.clear)])
     if phases:
         out += ["", "enable dirty tracking:", phase_table(res.enable), "", "CLEAR_DIRTY_LOG:",
                 phase_table(res.clear)]
@@ -456,9 +490,11 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             raise UsageError("--tlb-range and --fwb cannot be combined with --preset")
         overrides = {k: getattr(args, k) for k in ("chunk", "passes", "writes", "pattern", "seed")
                      if getattr(args, k) is not None}
-        for name in names:   # check the overrides before the long run
+        for name in names:   # check the overrides and the memory before the long run
             _checked(PRESETS[name].clear_workload, **overrides)
             _checked(PRESETS[name].enable_workload, **overrides)
+        _check_memory([w for name in names for w in (PRESETS[name].clear_workload(**overrides),
+                                                      PRESETS[name].enable_workload(**overrides))], strategies)
         bar = _progress(args, err)
         results = []
         try:
@@ -478,7 +514,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             out.write(_csv([dict(preset=r.preset.name, **row) for r in results for row in r.rows()]) + "\n")
         else:
             out.write("\n\n".join(preset_text(r, args.phases) for r in results) + "\n")
-        return 0
+        return _status(args, [c for r in results for c in (r.enable, r.clear)], err)
 
     workload = _checked(_workload, args)
     sizes = [workload.guest_size]
@@ -487,6 +523,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         sizes = args.plot_sizes or sorted({max(unit, workload.guest_size // k // unit * unit) for k in (4, 2, 1)})
         for s in sizes:   # check every size before the long run
             _checked(workload.replace, guest_size=s)
+    _check_memory([workload.replace(guest_size=s) for s in sizes], strategies)
     bar = _progress(args, err)
     runs: dict[int, Comparison] = {}
     try:
@@ -515,6 +552,15 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(comparison_text(main_run, args.phases) + "\n")
         if args.plot is not None:
             out.write(f"\nplot: {args.plot} ({', '.join(format_size(s) for s in sizes)})\n")
+    return _status(args, list(runs.values()), err)
+
+
+def _status(args: argparse.Namespace, cmps: list[Comparison], err: TextIO) -> int:
+    """--fail-on-difference: 1 when some strategy's final table differs."""
+    bad = sorted({s.name for c in cmps for s, d in c.diffs.items() if not d.identical})
+    if args.fail_on_difference and bad:
+        err.write(f"s2fast: final table differs from KERNEL's under {', '.join(bad)} (--fail-on-difference)\n")
+        return 1
     return 0
 
 
@@ -588,6 +634,8 @@ def _dump_table(args: argparse.Namespace) -> Any:
             return Stage2PageTable.from_image(PhysMem.from_elf(args.elf), vttbr=args.vttbr, vtcr=args.vtcr, **kw)
         if not os.path.exists(args.image):
             raise UsageError(f"--image: no such file: {args.image!r}")
+        if os.path.isdir(args.image):
+            raise UsageError(f"--image: {args.image!r} is a directory, not a memory image file")
         sidecar = os.path.exists(args.image + ".json")
         if sidecar and args.base_pa is None:
             return Stage2PageTable.from_image(args.image, vttbr=args.vttbr, vtcr=args.vtcr, **kw)
@@ -710,6 +758,17 @@ def _checked(fn: Any, *a: Any, **kw: Any) -> Any:
         raise UsageError(str(e)) from None
 
 
+def _check_memory(workloads: list[Workload], strategies: Optional[list[Strategy]]) -> None:
+    """Refuse, before building anything, a run that does not fit in memory."""
+    from .memory import check_memory
+    from .vm import _strategies
+
+    try:
+        check_memory(workloads, len(_strategies(strategies)))
+    except ValueError as e:       # a bad S2FAST_MEMORY_LIMIT
+        raise UsageError(str(e)) from None
+
+
 def _progress(args: argparse.Namespace, err: TextIO) -> Optional[ProgressBar]:
     on = args.progress if args.progress is not None else (hasattr(err, "isatty") and err.isatty())
     return ProgressBar(err) if on else None
@@ -742,6 +801,13 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
         return cmd_compare(args, out, err)
     except UsageError as e:
         err.write(f"s2fast: error: {e}\n")
+        return 2
+    except InsufficientMemoryError as e:     # refused before anything was built
+        err.write(f"s2fast: error: {e}\n")
+        return 2
+    except MemoryError as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        err.write(f"s2fast: error: out of memory: {detail}\n")
         return 2
     except KeyboardInterrupt:
         err.write("s2fast: interrupted\n")

@@ -119,6 +119,16 @@ def decode_vttbr(vttbr: int, v: Vtcr) -> int:
     return root
 
 
+def vttbr_ignored_bits(vttbr: int, v: Vtcr) -> int:
+    """The BADDR bits of VTTBR_EL2 that decode_vttbr() ignored because they
+    are below the root table's alignment (0 for a well-formed register)."""
+    vttbr = _reg("vttbr", vttbr)
+    baddr = vttbr & ((1 << 48) - 1) & ~1
+    if v.ps_bits == 52:
+        baddr = (baddr & ~0x3C) | ((vttbr >> 2) & 0xF) << 48
+    return baddr & ~decode_vttbr(vttbr, v)
+
+
 def table_oa(desc: np.ndarray, granule: int) -> np.ndarray:
     """Next-table / output address bits of descriptors (52-bit with 64 KiB)."""
     pa = desc & np.uint64(((1 << 48) - 1) & ~(granule - 1))
@@ -213,6 +223,7 @@ def open_image(cls: type, physmem: Any, *, vttbr: Any, vtcr: Any, xnx: Any = Tru
                     v.ps_bits, v.ha, segs, CorruptTableError)
     pt._core = core
     pt.vttbr = int(vttbr)
+    pt.vttbr_ignored = vttbr_ignored_bits(vttbr, v)
     pt.patched_pages = patched
     if not allow_aliases:
         scan_tables(core, v.start_level, root, v.pgd_pages, v.granule, root_entries)

@@ -422,17 +422,15 @@ class Stage2PageTable:
     def split(self, ipa: int, size: int, memcache: MemCache, *, strategy: Any = None,
               flags: int = 0, max_level: Optional[int] = None) -> int:
         """kvm_pgtable_stage2_split() under a walker ``strategy``
-        (s2fast.Strategy, default KERNEL: today's walk). ``flags`` are OR-ed
+        (s2fast.Strategy or its name as compare() takes it, default KERNEL:
+        today's walk). ``flags`` are OR-ed
         into the strategy's walk flags; ``max_level`` overrides its maximum level."""
-        from .strategy import CustomStrategy, run_split
+        from .strategy import as_strategy
         from .variants import Strategy
 
         ipa, size = _u64("ipa", ipa), _u64("size", size)
         mc = _memcache(memcache, allow_none=False)
-        strategy = Strategy.KERNEL if strategy is None else strategy
-        if not isinstance(strategy, (Strategy, CustomStrategy)):
-            raise TypeError(f"strategy must be an s2fast.Strategy or CustomStrategy, not "
-                            f"{type(strategy).__name__} {strategy!r}")
+        strategy = Strategy.KERNEL if strategy is None else as_strategy(strategy)
         extra = _flags(flags)
         # The kernel's split visitor treats every visit as a leaf: a table
         # visit would be split as if the table page were a block.

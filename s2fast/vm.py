@@ -46,6 +46,7 @@ from . import _walk
 from ._walk import CollectVisitor, MemCache
 from .flags import EAGAIN, ENOMEM, RW, Prot, WalkFlags
 from .pgtable import DEFAULT_RESERVE, GRANULES, Stage2PageTable, geometry
+from .memory import DIFF_WINDOW, check_memory
 from .strategy import AnyStrategy, CustomStrategy, as_strategy, run_split
 from .variants import Strategy, _unsplit
 
@@ -159,9 +160,7 @@ def _bool(name: str, v: Any) -> bool:
     return bool(v)
 
 
-def _strategy(v: Any) -> AnyStrategy:
-    """A built-in Strategy, a CustomStrategy, a name or a (flags, max_level) pair."""
-    return as_strategy(v)
+_strategy = as_strategy
 
 
 @dataclass(frozen=True)
@@ -649,6 +648,9 @@ class VM:
         """The engine's counters and the VM's (``COUNTERS``) as one dict."""
         d = {k: v for k, v in self.pt.stats.as_dict().items() if isinstance(v, int)}
         d["entries_written"], d["cmpxchg"] = self._core.cost_counts()
+        # Maintenance done, not just hook calls: mmu.c's dcache hook
+        # (clean_dcache_guest_page) returns at once on FWB hardware.
+        d["cmo_done"] = d["icache_calls"] + (0 if self.pt.fwb else d["dcache_calls"])
         d.update(self.counters)
         return d
 
@@ -991,13 +993,16 @@ def pattern_pages(pattern: str, round_no: int, n: int, total_pages: int, seed: i
 
 def summarize(counts: Mapping[str, int]) -> dict[str, int]:
     """The headline costs of a count dict: entries read, callbacks, TLBIs
-    (pgtable.c's and mmu.c's), CMOs, table pages allocated."""
+    (pgtable.c's and mmu.c's), CMOs (calls of the mm_ops cache-maintenance
+    hooks, and the maintenance those calls do: none for dcache on FWB),
+    table pages allocated."""
     return {
         "entries_read": counts["entries_read"],
         "callbacks": counts["callbacks_leaf"] + counts["callbacks_table_pre"] + counts["callbacks_table_post"],
         "tlbis": (counts["tlbi_vmid_ipa"] + counts["tlbi_vmid_ipa_nsh"] + counts["tlbi_vmid_range"]
                   + counts["tlbi_vmid"] + counts["mmu_tlbi_vmid"] + counts["mmu_tlbi_vmid_range"]),
         "cmos": counts["cmo_calls"],
+        "cmos_done": counts["cmo_done"],
         "pages_alloc": counts["pages_alloc"],
     }
 
@@ -1143,12 +1148,19 @@ class Workload:
     def describe(self) -> str:
         mode = "initially-all-set" if self.initially_set else "not initially-all-set"
         chunk = format_size(self.chunk) if self.chunk else "off"
-        when = "between passes" if self.initially_set else "before each pass"
         host = "" if self.granule == 4096 else f" ({format_size(self.granule)} pages)"
         return (f"{format_size(self.guest_size)} guest{host} at {self.base:#x}, backing {self.backing}, "
                 f"eager-split chunk {chunk}, {mode}, {self.passes} CLEAR pass"
-                f"{'es' if self.passes != 1 else ''}, {self.writes} {self.pattern} page writes {when}, "
-                f"seed {self.seed}")
+                f"{'es' if self.passes != 1 else ''}, {self.writes_text()}, seed {self.seed}")
+
+    def writes_text(self) -> str:
+        """The guest writes the run makes: '16384 random page writes between
+        passes', or 'no guest writes' when no round has any."""
+        rounds = sum(1 for n in self.phase_names() if n.startswith("writes"))
+        if not rounds:
+            return "no guest writes"
+        when = "between passes" if self.initially_set else "before each pass"
+        return f"{self.writes} {self.pattern} page writes {when}"
 
     def phase_names(self) -> list[str]:
         names = ["enable"]
@@ -1275,15 +1287,19 @@ def _add_by_level(acc: dict[int, int], levels: np.ndarray) -> None:
         acc[int(lv)] = acc.get(int(lv), 0) + int(n)
 
 
-def diff_tables(kernel: Stage2PageTable, other: Stage2PageTable, *, window: int = 16 * GiB) -> TableDiff:
+def diff_tables(kernel: Stage2PageTable, other: Stage2PageTable, *, window: int = DIFF_WINDOW) -> TableDiff:
     """Compare two final tables leaf by leaf (IPA, level, descriptor), a
-    window at a time so that a 512 GiB guest never needs all its leaves in
-    memory at once. Walks both tables (their stats change)."""
+    window at a time so that the leaves held at once stay small (a 1 GiB
+    window of pages is 256 Ki leaves; s2fast.memory counts them). A window
+    is a multiple of the largest block, so no leaf straddles two. Walks both
+    tables (their stats change)."""
     if kernel.granule != other.granule or kernel.ia_bits != other.ia_bits:
         raise ValueError(f"tables differ in geometry: {kernel!r} vs {other!r}")
     window = _int("window", window, 1)
-    if window % kernel.geometry.level_size(kernel.start_level):
-        raise ValueError(f"window {window:#x} is not a multiple of a level-{kernel.start_level} entry")
+    g = kernel.geometry
+    block_level = max(g.min_block_level, g.start_level)
+    if window % g.level_size(block_level):
+        raise ValueError(f"window {window:#x} is not a multiple of a level-{block_level} block")
     da, db = kernel.descriptors, other.descriptors
     if da.shape == db.shape and np.array_equal(da, db):
         return TableDiff(True)
@@ -1293,9 +1309,15 @@ def diff_tables(kernel: Stage2PageTable, other: Stage2PageTable, *, window: int 
     unmapped: dict[int, int] = {}
     extra: dict[int, int] = {}
     changed = 0
-    for lo in range(0, 1 << kernel.ia_bits, window):
-        a = _window_leaves(kernel, lo, window)
-        b = _window_leaves(other, lo, window)
+    # Only windows under a root entry that either table uses.
+    span = g.level_size(g.start_level)
+    roots = da[: g.pgd_pages * g.ptrs_per_table] | db[: g.pgd_pages * g.ptrs_per_table]
+    windows = sorted({w for i in np.flatnonzero(roots).tolist()
+                      for w in range(i * span // window * window, (i + 1) * span, window)})
+    top = 1 << kernel.ia_bits
+    for lo in windows:
+        a = _window_leaves(kernel, lo, min(window, top - lo))
+        b = _window_leaves(other, lo, min(window, top - lo))
         if len(a) == len(b) and np.array_equal(a, b):
             continue
         # Leaves come in IPA order and IPAs are granule-aligned, so
@@ -1345,9 +1367,10 @@ class Comparison:
             row.update(summarize(r.totals))
             row["wall_s"] = r.wall_s
             e = row["entries_read"]
-            row["speedup"] = k_entries / e if e else float("inf")
-            row["reduction_pct"] = 100.0 * (1 - e / k_entries) if k_entries else 0.0
-            row["wall_speedup"] = k.wall_s / r.wall_s if r.wall_s else float("inf")
+            # None where KERNEL read nothing (e.g. no passes): no ratio to give
+            row["speedup"] = k_entries / e if e and k_entries else None
+            row["reduction_pct"] = 100.0 * (1 - e / k_entries) if k_entries else None
+            row["wall_speedup"] = k.wall_s / r.wall_s if r.wall_s and k_entries else None
             row["predicted_s"] = pred[s.name]["seconds"]
             row["predicted_pct_change"] = pred[s.name]["pct_change"]
             d = self.diffs[s]
@@ -1405,15 +1428,20 @@ def _strategies(strategies: Optional[Iterable[Any]]) -> list[AnyStrategy]:
 
 
 def compare(workload: Workload, strategies: Optional[Iterable[Any]] = None, *,
-            progress: Optional[Callable[[float, str], None]] = None, profile: Any = None) -> Comparison:
+            progress: Optional[Callable[[float, str], None]] = None, profile: Any = None,
+            memory_limit: Any = None) -> Comparison:
     """Run ``workload`` under each strategy (all by default; KERNEL always
     first) and check each final table against KERNEL's. ``profile`` (a
-    name, path or s2fast.cost.Profile; None: generic) prices the counts."""
+    name, path or s2fast.cost.Profile; None: generic) prices the counts. A
+    run whose memory estimate exceeds the memory available (or
+    ``memory_limit``, bytes or a size such as "8G") is refused first:
+    s2fast.memory.check_memory."""
     if not isinstance(workload, Workload):
         raise TypeError(f"workload must be an s2fast.Workload, not {type(workload).__name__} {workload!r}")
     from .cost.model import load_profile
     profile = load_profile(profile)
     order = _strategies(strategies)
+    check_memory([workload], len(order), memory_limit=memory_limit)
     results: dict[AnyStrategy, RunResult] = {}
     diffs: dict[AnyStrategy, TableDiff] = {}
     kernel_vm: Optional[VM] = None
@@ -1551,6 +1579,8 @@ def run_preset(preset: Union[str, Preset], strategies: Optional[Iterable[Any]] =
     if bad:
         raise TypeError(f"run_preset() got unexpected overrides {sorted(bad)}")
     half = (lambda lo: (lambda f, n: progress(lo + f / 2, n))) if progress else (lambda lo: None)
+    check_memory([preset.enable_workload(**overrides), preset.clear_workload(**overrides)],
+                 len(_strategies(strategies)))
     from .cost.model import load_profile
     profile = load_profile(profile)
     enable = compare(preset.enable_workload(**overrides), strategies, progress=half(0.0), profile=profile)

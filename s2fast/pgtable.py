@@ -425,7 +425,7 @@ class Stage2PageTable:
         (s2fast.Strategy or its name as compare() takes it, default KERNEL:
         today's walk). ``flags`` are OR-ed
         into the strategy's walk flags; ``max_level`` overrides its maximum level."""
-        from .strategy import as_strategy
+        from .strategy import as_strategy, run_split
         from .variants import Strategy
 
         ipa, size = _u64("ipa", ipa), _u64("size", size)

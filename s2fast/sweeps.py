@@ -472,8 +472,16 @@ class _Runner:
                     try:
                         inflight[self.pool.submit(run_point, p)] = p
                     except cf.BrokenExecutor as e:
-                        broken_error = f"the executor cannot run tasks: {_one_line(e)}"
-                        failed(p, broken_error)
+                        if self.local is None:
+                            broken_error = f"the executor cannot run tasks: {_one_line(e)}"
+                            failed(p, broken_error)
+                            continue
+                        # our pool died under a point in flight: collect that below, then rebuild
+                        src.appendleft(p)
+                        alone.discard(p.key)
+                        if not inflight:
+                            self._rebuild()
+                        break
             if not inflight:
                 continue
             finished, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
@@ -502,10 +510,14 @@ class _Runner:
                         suspects.append(p)
                 inflight.clear()
                 if self.local is not None:
-                    _stop_pool(self.pool)
-                    self.pool = self.local.make()
+                    self._rebuild()
                 else:
                     broken_error = "the executor broke (a worker died) before it ran"
+
+    def _rebuild(self) -> None:
+        assert self.local is not None
+        _stop_pool(self.pool)
+        self.pool = self.local.make()
 
     def stop(self) -> None:
         """After an interrupt: drop what is in flight."""

@@ -65,7 +65,7 @@ def _folder(flag: str, path: str) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .sweeps import output_format, plan, sweep
+    from .sweeps import check_output, output_format, plan, sweep
 
     _need("pandas", extra="sweep", what="s2fast sweep")
     try:
@@ -81,6 +81,12 @@ def cmd_sweep(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except GridError as e:
         msg = str(e)
         raise UsageError(f"{args.grid}: {msg[len('grid: '):] if msg.startswith('grid: ') else msg}") from None
+    try:
+        check_output(args.output, points)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.progress:
+        _need("tqdm", extra="sweep", what="--progress")
     client = None
     if args.serial:
         executor = "serial"
@@ -112,8 +118,6 @@ def cmd_sweep(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"s2fast: interrupted: the points finished so far are in {args.output}; run the same command "
                   "again to finish the rest\n")
         return 130
-    except ValueError as e:       # the output holds another grid's results
-        raise UsageError(str(e)) from None
     finally:
         if client is not None:
             client.close()

@@ -118,7 +118,7 @@ def _figure(n_panels: int, width: float, height: float = 4.2) -> tuple[Any, list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(n_panels, 3)
+    cols = 2 if n_panels == 4 else min(n_panels, 3)
     rows = -(-n_panels // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     axes = axes.ravel().tolist()
@@ -177,6 +177,8 @@ def plot_bars(df: Any, path: str, metric: str = "entries_read") -> None:
                     b.set_edgecolor("black")
                     any_diff = True
         ax.axhline(0, color="black", linewidth=0.8)
+        ax.use_sticky_edges = False          # room above and below the bars
+        ax.margins(x=0.02, y=0.05)
         ax.set_xticks(range(len(phases)), phases, fontsize=8)
         ax.set_ylabel(_ylabel(metric), fontsize=8)
         ax.set_title(name, fontsize=9)

@@ -135,7 +135,8 @@ def _check_value(key: str, v: Any) -> Any:
 
 def _cost_model() -> Any:
     """The cost model (issue 12), if this s2fast has one: a module
-    ``s2fast.cost`` with ``predict_seconds(profile, counts) -> float``."""
+    ``s2fast.cost`` with ``load_profile(name_or_file)`` (raises for a bad
+    profile) and ``predict_seconds(profile, counts) -> float``."""
     try:
         from . import cost  # type: ignore[attr-defined]
     except ImportError:
@@ -155,8 +156,9 @@ def _predict(profile: str, counts: Mapping[str, int]) -> float:
 @dataclass(frozen=True)
 class Point:
     """One experiment: ``params`` are the grid's values for it (normalised),
-    ``spec`` what is hashed for its key (every Workload field after
-    defaults, so "2M" and 2097152 are one point)."""
+    ``label`` them as the grid wrote them; ``key`` hashes the full workload
+    after defaults (so "2M" and 2097152 are one point), the strategies,
+    the profile and the s2fast version."""
 
     index: int
     key: str
@@ -217,9 +219,16 @@ class Grid:
                                               if s != "KERNEL"])
         self.raw.pop("strategy", None)
         self.profiles = axes.pop("profile", [])
-        if self.profiles and _cost_model() is None:
-            raise GridError("grid: profile: this s2fast has no cost model (s2fast.cost) to predict seconds "
-                            f"with {self.profiles[0]!r}; leave 'profile' out or empty")
+        if self.profiles:
+            cost = _cost_model()
+            if cost is None:
+                raise GridError("grid: profile: this s2fast has no cost model (s2fast.cost) to predict seconds "
+                                f"with {self.profiles[0]!r}; leave 'profile' out or empty")
+            for prof in self.profiles:        # a bad profile is a bad grid, found before anything runs
+                try:
+                    cost.load_profile(prof)
+                except (OSError, ValueError, TypeError) as e:
+                    raise GridError(f"grid: profile: {e}") from None
         if "preset" in axes:
             fixed = [k for k in axes if k != "preset" and k not in PRESET_OVERRIDES]
             if fixed:
@@ -617,6 +626,12 @@ class _Store:
         self.interval = max(1.0, 5 * (self.last - t))    # big tables: write less often
 
 
+def check_output(path: Union[str, os.PathLike], points: list[Point]) -> None:
+    """Raise ValueError if ``path`` cannot take this sweep's table: a bad
+    name, or a file holding points of another grid."""
+    _Store(os.fspath(path), points)
+
+
 # ---------------------------------------------------------------------------
 # The sweep
 
@@ -643,16 +658,16 @@ class SweepResult:
 def plan(grid: Union[Mapping[str, Any], str, os.PathLike, Grid], *,
          max_points: Optional[int] = DEFAULT_MAX_POINTS) -> tuple[Grid, list[Point], list[Skipped]]:
     """Check and expand a grid (a mapping, a TOML file or a ``Grid``)
-    without running it. More than ``max_points`` valid points is an error
-    (None: no limit)."""
+    without running it. More than ``max_points`` points (combinations,
+    invalid ones included) is an error (None: no limit)."""
     if isinstance(grid, (str, os.PathLike)):
         grid = load_grid(grid)
     if not isinstance(grid, Grid):
         grid = Grid(grid)
-    points, skipped = grid.points()
-    if max_points is not None and len(points) > max_points:
-        raise GridError(f"grid: {len(points)} points is more than the limit of {max_points} (max_points; "
+    if max_points is not None and grid.size() > max_points:     # before expanding a huge grid
+        raise GridError(f"grid: {grid.size()} points is more than the limit of {max_points} (max_points; "
                         "--yes on the command line runs it anyway)")
+    points, skipped = grid.points()
     if not points:
         reason = f": {skipped[0].label}: {skipped[0].reason}" if skipped else ""
         raise GridError(f"grid: no valid point (every combination is invalid{reason})")
@@ -741,5 +756,5 @@ def describe_point(p: Point) -> str:
     return f"point {p.index} ({p.label})"
 
 
-__all__ = ["sweep", "plan", "load_grid", "read_table", "Grid", "GridError", "Point", "Skipped", "Failure",
+__all__ = ["sweep", "plan", "load_grid", "read_table", "check_output", "Grid", "GridError", "Point", "Skipped", "Failure",
            "SweepResult", "LocalProcesses", "SerialExecutor", "run_point", "point_key", "DEFAULT_MAX_POINTS"]

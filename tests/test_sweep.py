@@ -116,6 +116,10 @@ def test_rerun_runs_nothing_and_a_foreign_grid_is_refused(tmp_path, serial_table
     before = copy.read_bytes()
     with pytest.raises(ValueError, match="holds results of 24 points that are not in this grid"):
         sweep({**GRID, "writes": 32}, copy, executor="serial")
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID_TOML.replace("writes = 16", "writes = 32"))
+    code, out, err = run(["sweep", str(grid), "-o", str(copy), "--serial"])
+    assert code == 2 and out == "" and err.count("\n") == 1 and "that are not in this grid" in err
     assert copy.read_bytes() == before
 
 
@@ -320,3 +324,19 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, cwd=tmp_path,
                        timeout=120)
     assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+
+
+def test_readme_grid_is_the_example_file():
+    import re
+
+    try:
+        import tomllib
+    except ImportError:
+        import tomli as tomllib
+    root = pathlib.Path(TREE)
+    block = re.search(r"```toml\n(.*?)```", (root / "README.md").read_text(), re.S).group(1)
+    example = root / "examples" / "sweep.toml"
+    assert tomllib.loads(block) == tomllib.loads(example.read_text())
+    grid, points, skipped = plan(example)
+    assert len(points) == 24 and not skipped and len(grid.strategies) == 6
+    assert (root / "docs" / "sweep-bars.png").stat().st_size < 100_000

@@ -575,7 +575,7 @@ class _Store:
         self.frames: dict[str, Any] = {}
         self.columns: Optional[list[str]] = None
         self.dirty = False
-        self.last = time.monotonic()
+        self.last = -math.inf          # the first point is written at once
         self.interval = 1.0
         if path and os.path.exists(path):
             old = read_table(path)

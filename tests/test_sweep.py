@@ -96,7 +96,7 @@ def test_interrupted_sweep_resumes_to_the_same_table(tmp_path, serial_table):
     assert "interrupted: the points finished so far are in" in err and "Traceback" not in err
     partial = read_table(out)
     done = partial["key"].nunique()
-    assert 0 < done < 24
+    assert 0 < done < 24, f"the interrupt landed after {done} of 24 points"
     assert (partial.groupby("key").size() == ROWS_PER_POINT).all()     # whole points only
     assert not list(tmp_path.glob(".results.parquet.*"))               # no temporary left behind
 
@@ -340,3 +340,15 @@ def test_readme_grid_is_the_example_file():
     grid, points, skipped = plan(example)
     assert len(points) == 24 and not skipped and len(grid.strategies) == 6
     assert (root / "docs" / "sweep-bars.png").stat().st_size < 100_000
+
+
+def test_scheduler_address(tmp_path):
+    from distributed import LocalCluster
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text('guest_size = "256M"\nwrites = 16\nseed = [0, 1, 2]\nstrategy = "SKIP_LEVEL"\n')
+    out = tmp_path / "r.parquet"
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        code, stdout, err = run(["sweep", str(grid), "-o", str(out), "--scheduler", cluster.scheduler_address])
+    assert code == 0 and err == "" and "ran 3, reused 0" in stdout
+    assert read_table(out)["key"].nunique() == 3

@@ -37,5 +37,7 @@ __version__ = "0.1.0"
 from .vm import (PRESETS, VM, Backing, Comparison, Memslot, Preset, PresetResult, RunResult, TableDiff,
                  Workload, compare, diff_tables, parse_size, run_preset)
 
-__all__ += ["VM", "Memslot", "Backing", "Workload", "RunResult", "Comparison", "TableDiff", "Preset",
+from .sweeps import sweep  # noqa: E402  (pandas and the rest load when a sweep runs)
+
+__all__ += ["sweep", "VM", "Memslot", "Backing", "Workload", "RunResult", "Comparison", "TableDiff", "Preset",
             "PresetResult", "PRESETS", "compare", "run_preset", "diff_tables", "parse_size"]

@@ -15,12 +15,12 @@ import io
 import json
 import os
 import sys
-import time
 from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
 from .textfmt import render_table
 from .errors import InsufficientMemoryError
+from .progress import FractionBar, fraction_bar, tqdm_class
 from .variants import Strategy
 from .vm import (PATTERNS, PRESETS, Comparison, PresetResult, Workload, compare, format_size, host_rules,
                  parse_size, run_preset)
@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit with status 1 when a strategy's final table differs from KERNEL's (UNSAFE), "
                         "so that a CI job can use s2fast as a gate (0: all identical; 2: an error)")
     o.add_argument("--plot", default=None, metavar="FILE.png",
-                   help="also draw entries read per strategy against guest size (needs matplotlib)")
+                   help="also draw each strategy's % change in entries read against KERNEL over guest sizes "
+                        "(.png or .svg; needs matplotlib and pandas)")
     o.add_argument("--plot-sizes", type=_sizes_arg, default=None, metavar="LIST",
                    help="guest sizes for --plot, e.g. 16G,32G,64G (default: a quarter, half and all of "
                         "--guest-size)")
@@ -255,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--no-fwb", dest="fwb", action="store_false",
                     help="the KVM encodings without FWB (default, unless a sidecar says otherwise)")
     d.add_argument("--json", action="store_true", help="print a JSON list of runs instead of the table")
+    from . import cli_sweep
+    cli_sweep.add_parsers(sub)
     return p
 
 
@@ -375,36 +378,6 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue().rstrip("\n")
 
 
-class ProgressBar:
-    """A one-line progress bar on a terminal stream, redrawn at most every
-    0.1 s; ``close()`` erases it."""
-
-    def __init__(self, stream: TextIO, width: int = 28) -> None:
-        self.stream = stream
-        self.width = width
-        self.last = 0.0
-        self.shown = 0
-        self.title = ""
-
-    def __call__(self, fraction: float, label: str) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.1 and fraction < 1.0:
-            return
-        self.last = now
-        fraction = min(max(fraction, 0.0), 1.0)
-        done = int(fraction * self.width)
-        text = f"[{'#' * done}{'-' * (self.width - done)}] {fraction * 100:3.0f}%  {self.title}{label}"
-        self.stream.write("\r" + text.ljust(self.shown))
-        self.stream.flush()
-        self.shown = len(text)
-
-    def close(self) -> None:
-        if self.shown:
-            self.stream.write("\r" + " " * self.shown + "\r")
-            self.stream.flush()
-            self.shown = 0
-
-
 # ---------------------------------------------------------------------------
 # Commands
 
@@ -430,32 +403,17 @@ def _check_plot(args: argparse.Namespace) -> None:
     folder = os.path.dirname(os.path.abspath(args.plot))
     if not os.path.isdir(folder):
         raise UsageError(f"--plot: folder {folder!r} does not exist")
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot needs matplotlib: pip install 's2fast[plot]'")
+    for module in ("matplotlib", "pandas"):
+        if importlib.util.find_spec(module) is None:
+            raise UsageError(f"--plot needs {module}: pip install 's2fast[plot]'")
 
 
 def draw_plot(path: str, runs: dict[int, Comparison]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """% change against KERNEL against guest size (s2fast plot --kind size)."""
+    from .plot import plot_size
+    from .results import comparison_records, to_frame
 
-    sizes = sorted(runs)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    names = [r["strategy"] for r in runs[sizes[0]].rows()]
-    for name in names:
-        ys = [next(r["entries_read"] for r in runs[s].rows() if r["strategy"] == name) for s in sizes]
-        ax.plot([s / (1 << 30) for s in sizes], ys, marker="o", label=name)
-    w = runs[sizes[-1]].workload
-    ax.set_xlabel("guest size (GiB)")
-    ax.set_ylabel("entries read (all phases, build excluded)")
-    ax.set_title(f"backing {w.backing}, chunk {format_size(w.chunk) if w.chunk else 'off'}, "
-                 f"{w.passes} CLEAR passes, {'initially-all-set' if w.initially_set else 'eager enable'}",
-                 fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_size(to_frame([row for s in sorted(runs) for row in comparison_records(runs[s])]), path)
 
 
 def cmd_presets(out: TextIO) -> int:
@@ -769,9 +727,10 @@ def _check_memory(workloads: list[Workload], strategies: Optional[list[Strategy]
         raise UsageError(str(e)) from None
 
 
-def _progress(args: argparse.Namespace, err: TextIO) -> Optional[ProgressBar]:
-    on = args.progress if args.progress is not None else (hasattr(err, "isatty") and err.isatty())
-    return ProgressBar(err) if on else None
+def _progress(args: argparse.Namespace, err: TextIO) -> Optional[FractionBar]:
+    if args.progress and tqdm_class() is None:
+        raise UsageError("--progress needs tqdm: pip install 's2fast[sweep]'")
+    return fraction_bar(err, args.progress)
 
 
 def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
@@ -786,8 +745,8 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
         except SystemExit as e:   # --help, --version
             return int(e.code or 0)
         if args.command is None:
-            raise UsageError("a command is required: compare, presets, dump, calibrate, vms or dirty-log-perf "
-                             "(see s2fast --help)")
+            raise UsageError("a command is required: compare, presets, dump, calibrate, vms, dirty-log-perf, "
+                             "sweep or plot (see s2fast --help)")
         if args.command == "presets":
             return cmd_presets(out)
         if args.command == "dump":
@@ -798,6 +757,9 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
             return cmd_kernel(args, out, err)
         if args.command == "dirty-log-perf":
             return cmd_dirty_log_perf(args, out, err)
+        if args.command in ("sweep", "plot"):
+            from . import cli_sweep
+            return (cli_sweep.cmd_sweep if args.command == "sweep" else cli_sweep.cmd_plot)(args, out, err)
         return cmd_compare(args, out, err)
     except UsageError as e:
         err.write(f"s2fast: error: {e}\n")

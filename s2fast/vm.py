@@ -1391,6 +1391,11 @@ class Comparison:
                 out.append(row)
         return out
 
+    def to_pandas(self) -> Any:
+        """One row per (strategy, phase): s2fast.results.comparison_records (needs pandas)."""
+        from .results import comparison_frame
+        return comparison_frame(self)
+
     def to_dict(self) -> dict[str, Any]:
         w = self.workload
         pred = self.predicted()
@@ -1543,6 +1548,11 @@ class PresetResult:
                         "identical": e["identical"] and c["identical"],
                         "outcome": "; ".join(outcome) if outcome else "identical"})
         return out
+
+    def to_pandas(self) -> Any:
+        """One row per (measurement, strategy, phase): s2fast.results.preset_records (needs pandas)."""
+        from .results import preset_frame
+        return preset_frame(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset.name, "description": self.preset.description,

@@ -1,9 +1,32 @@
 """Shared fixtures for the benchmarks: the numpy-sum yardstick every engine
 figure is quoted against (same machine, same run)."""
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 import pytest
+
+import s2fast
+
+
+def run_child(script: str, *args: str) -> str:
+    """Run ``script`` in a fresh Python and return its stdout. The child
+    imports the s2fast this process imported, whatever the working directory
+    (run from a checkout's top, ``python -c`` would otherwise import the
+    source folder, which has no compiled engine after ``pip install .``); a
+    failure shows the child's stderr."""
+    site = os.path.dirname(os.path.dirname(os.path.abspath(s2fast.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")])))
+    with tempfile.TemporaryDirectory() as cwd:
+        res = subprocess.run([sys.executable, "-c", script, *args], cwd=cwd, env=env,
+                             capture_output=True, text=True)
+    if res.returncode:
+        raise AssertionError(f"benchmark subprocess exited with status {res.returncode}; its stderr:\n"
+                             f"{res.stderr}")
+    return res.stdout
 
 
 def numpy_sum_rate(n: int) -> float:

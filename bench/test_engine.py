@@ -4,15 +4,12 @@ Each figure is stored in extra_info as entries per second and as a ratio to
 numpy summing the same number of uint64 values in the same run (see
 bench/README.md). "Entries" are the walker's visits (pt.stats.visits): one
 8-byte table entry read each, so the ratio compares like with like."""
-import subprocess
-import sys
-
 import pytest
 
 import s2fast
 from s2fast import MemCache, Stage2PageTable, WalkFlags
 
-from conftest import record
+from conftest import record, run_child
 
 GiB = 1 << 30
 GUEST = 64 * GiB
@@ -124,8 +121,7 @@ def test_peak_memory_512g_4k(benchmark):
     """Peak RSS of a process that builds a 512 GiB 4 KiB-mapped guest, against
     the bytes of its descriptor pages (target: within 1.1x)."""
     def run():
-        out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], check=True, capture_output=True, text=True)
-        return [int(x) for x in out.stdout.split()]
+        return [int(x) for x in run_child(PEAK_SCRIPT).split()]
 
     desc_bytes, peak = benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info["descriptor_bytes"] = desc_bytes

@@ -6,13 +6,12 @@ faults, the whole `s2fast compare` run, and peak memory of a 512 GiB guest.
 Each timed step stores its exact costs in extra_info (entries read,
 callbacks, TLBIs, CMOs, pages allocated), so a saved run is both a timing
 and a count record; see bench/README.md."""
-import subprocess
-import sys
-
 import pytest
 
 from s2fast import VM, Strategy, Workload, compare
 from s2fast.vm import pattern_pages, summarize
+
+from conftest import run_child
 
 GiB, MiB = 1 << 30, 1 << 20
 SIZES = {"64g": 64 * GiB, "256g": 256 * GiB}
@@ -213,8 +212,7 @@ def test_peak_memory_512g_4k_workload(benchmark):
     """Peak RSS of a process that builds a 512 GiB 4 KiB-mapped guest and runs
     the default dirty-logging workload on it, against its descriptor bytes."""
     def run():
-        res = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], check=True, capture_output=True, text=True)
-        return [int(x) for x in res.stdout.split()]
+        return [int(x) for x in run_child(PEAK_SCRIPT).split()]
 
     desc, peak = benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(descriptor_bytes=desc, peak_rss_bytes=peak, peak_over_descriptors=peak / desc)

@@ -99,6 +99,8 @@ cdef struct Counters:
     u64 warnings
     u64 tlbi_log_total
     u64 cmo_log_total
+    u64 writes              # descriptor stores (WRITE_ONCE or a cmpxchg that succeeded); cost model only
+    u64 cmpxchg             # cmpxchg attempts on shared walks; cost model only
     int tlbi_log_n
     int cmo_log_n
     int warn_log_n

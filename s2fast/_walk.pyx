@@ -776,9 +776,12 @@ def pte_prot(pte):
 cdef inline bint try_set_pte(PT *pt, Ctx *ctx, u64 new) noexcept nogil:
     if not walk_shared(ctx):
         ctx.ptep[0] = new
+        pt.c.writes += 1
         return True
+    pt.c.cmpxchg += 1
     if ctx.ptep[0] == ctx.old:   # cmpxchg
         ctx.ptep[0] = new
+        pt.c.writes += 1
         return True
     return False
 
@@ -806,6 +809,7 @@ cdef inline void make_pte(PT *pt, Ctx *ctx, u64 new) noexcept nogil:
     if pte_is_counted(new):
         get_page(pt, ctx.ptep)
     ctx.ptep[0] = new
+    pt.c.writes += 1
 
 # ---------------------------------------------------------------------------
 # Unlinked tables
@@ -829,6 +833,7 @@ cdef int free_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
         put_entry(pt, ctx, ctx.ptep)
         put_page(pt, child)
         ctx.ptep[0] = 0
+        pt.c.writes += 1
         return 0
     return -EINVAL
 
@@ -997,6 +1002,7 @@ cdef int map_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
             if pte_is_counted(new):
                 get_page(pt, ctx.ptep)
             ctx.ptep[0] = new
+            pt.c.writes += 1
             ctx.addr = align_down(ctx.addr, gs) + gs
             continue
         ret = map_walker(pt, ctx, F_LEAF)
@@ -1019,6 +1025,7 @@ cdef int unmap_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     if not pte_valid(ctx.old):
         if pte_is_counted(ctx.old):
             ctx.ptep[0] = 0
+            pt.c.writes += 1
             put_entry(pt, ctx, ctx.ptep)
         return 0
     if pte_table(ctx.old, ctx.level):
@@ -1031,6 +1038,7 @@ cdef int unmap_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
         need_flush = not pt.fwb
     # stage2_unmap_put_pte(): the whole block goes, the rest refaults.
     ctx.ptep[0] = 0
+    pt.c.writes += 1
     if child != NULL:
         tlbi_vmid_ipa(pt, ctx.addr, TTL_UNKNOWN)
     elif not unmap_defer_tlb_flush(pt):
@@ -1115,6 +1123,7 @@ cdef int attr_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil
                 if (new & PTE_VALID) and not (new & S2_XN) and (old & S2_XN):
                     icache_inval_pou(pt, pte_to_phys(&pt.g, new), gs)
                 mem[i] = new
+                pt.c.writes += 1
         done[0] = n
         return 0
     for i in range(n):
@@ -1395,11 +1404,12 @@ cdef struct TRow:
     unsigned char fault
     signed char fault_level
     unsigned char fsc
+    unsigned char af_updated   # VTCR.HA: the walk would have set AF in memory
 
 TRANSLATE_DTYPE = np.dtype([
     ("ipa", "<u8"), ("ok", "?"), ("pa", "<u8"), ("level", "i1"), ("block_size", "<u8"),
     ("desc", "<u8"), ("readable", "?"), ("writable", "?"), ("exec_el1", "?"), ("exec_el0", "?"),
-    ("fault", "u1"), ("fault_level", "i1"), ("fsc", "u1")], align=True)
+    ("fault", "u1"), ("fault_level", "i1"), ("fsc", "u1"), ("af_updated", "?")], align=True)
 assert TRANSLATE_DTYPE.itemsize == sizeof(TRow)
 
 cdef struct TCfg:
@@ -1536,6 +1546,11 @@ cdef void translate_one(Gran *t, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept n
     if not allowed:
         t_fault(r, FAULT_PERMISSION, level)
         return
+    if not (desc & S2_AF):
+        # Hardware AF update (cfg.ha, else the AF fault above): only for an
+        # access that does not fault, and the TLB holds the updated entry.
+        r.desc = desc | S2_AF
+        r.af_updated = True
     r.ok = True
 
 # A batch of scattered IPAs is bound by one cache miss each, on the
@@ -1646,6 +1661,7 @@ cdef class VisitCtx:
             from .errors import ReadOnlyTableError
             raise ReadOnlyTableError("ctx.set() on a table in an external image")
         self.c.ptep[0] = <u64>new
+        self.pt.c.writes += 1
 
     def __repr__(self):
         if self.c == NULL:
@@ -1686,7 +1702,9 @@ cdef int py_call(_PyVisit pv, Ctx *ctx, int visit) noexcept:
         if r is None:
             return 0
         if isinstance(r, bool) or not isinstance(r, int):
-            raise TypeError(f"a visitor must return an int or None, not {type(r).__name__} {r!r}")
+            if not isinstance(r, np.integer):     # numpy scalars are ints (np.bool_ is not one)
+                raise TypeError(f"a visitor must return an int or None, not {type(r).__name__} {r!r}")
+            r = int(r)
         if r < VISITOR_RET_MIN or r > 2147483647:
             raise ValueError(f"visitor result {r!r} is outside the int range the walker accepts")
         v = r
@@ -2146,6 +2164,11 @@ cdef class Stage2Core:
 
     def reset_stats(self):
         memset(&self.pt.c, 0, sizeof(Counters))
+
+    def cost_counts(self):
+        """Descriptor stores and shared-walk cmpxchg attempts since the last
+        reset_stats(): events for the cost model, outside stats_dict()."""
+        return self.pt.c.writes, self.pt.c.cmpxchg
 
     def stats_dict(self):
         c = &self.pt.c

@@ -15,16 +15,19 @@ import io
 import json
 import os
 import sys
-import time
 from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
 from .comparison import Comparison, compare
+from .errors import InsufficientMemoryError
 from .geometry import GRANULES
 from .hostrules import host_rules
 from .presets import PRESETS, PresetResult, run_preset
+from .progress import FractionBar, fraction_bar, tqdm_class
 from .sizes import format_size, parse_size
-from .variants import Strategy, parse_strategy
+from .strategy import as_strategy
+from .textfmt import render_table
+from .variants import Strategy
 from .workload import PATTERNS, Workload
 
 DEFAULTS = Workload()
@@ -100,19 +103,37 @@ def _reg_arg(name: str):
     return parse
 
 
+def custom_strategies(args: argparse.Namespace, given: Optional[list[Any]]) -> Optional[list[Any]]:
+    """--strategies plus every --strategy NAME=FLAGS and --strategy-module
+    FILE.py (None: the command's default set)."""
+    from .strategy import load_strategy_module, parse_custom
+    extra: list[Any] = []
+    try:
+        extra += [parse_custom(t) for t in args.strategy or []]
+        for path in args.strategy_module or []:
+            extra += load_strategy_module(path)
+    except (TypeError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if not extra:
+        return given
+    return (given if given is not None else [Strategy.KERNEL]) + extra
+
+
 def _strategies_arg(text: str) -> list[Strategy]:
     if text.strip().lower() == "all":
         return list(Strategy)
     out = []
     for part in text.split(","):
         try:
-            out.append(parse_strategy(part))
+            out.append(as_strategy(part))
         except ValueError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return out
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .drgn import add_kernel_source, add_vms_parser
+
     p = _Parser(prog="s2fast", description="A fast, exact simulator of the KVM arm64 stage-2 walker.")
     p.add_argument("--version", action="version", version=f"s2fast {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -145,18 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--no-initially-set", dest="initially_set", action="store_false",
                       help="enabling dirty logging write-protects and eagerly splits")
     w.add_argument("--tlb-range", action="store_true", help="the CPU has range TLBIs")
-    w.add_argument("--fwb", action="store_true", help="the CPU has stage-2 FWB (no CMOs)")
+    w.add_argument("--fwb", action="store_true",
+                   help="the CPU has stage-2 FWB: the dcache hook is still called (CMO calls) but does no "
+                        "maintenance (CMOs done)")
     w.add_argument("--preset", default=None, metavar="NAME",
                    help="one of the series' experiments (see 's2fast presets'), or 'all'")
     w.add_argument("--strategies", type=_strategies_arg, default=None, metavar="LIST",
                    help="comma-separated strategies, or all (default); KERNEL always runs")
     o = c.add_argument_group("output")
+    o.add_argument("--profile", default=None, metavar="NAME|FILE",
+                   help="machine profile that prices the counts in seconds: a shipped one "
+                        "(generic, default; rfc-v1, rfc-v2) or a .toml/.json file (see s2fast calibrate)")
     fmt = o.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON instead of the table")
     fmt.add_argument("--csv", action="store_true", help="print CSV instead of the table")
     o.add_argument("--phases", action="store_true", help="also print the cost of each phase")
+    o.add_argument("--fail-on-difference", action="store_true",
+                   help="exit with status 1 when a strategy's final table differs from KERNEL's (UNSAFE), "
+                        "so that a CI job can use s2fast as a gate (0: all identical; 2: an error)")
     o.add_argument("--plot", default=None, metavar="FILE.png",
-                   help="also draw entries read per strategy against guest size (needs matplotlib)")
+                   help="also draw each strategy's %% change in entries read against KERNEL over guest sizes "
+                        "(.png or .svg; needs matplotlib and pandas)")
     o.add_argument("--plot-sizes", type=_sizes_arg, default=None, metavar="LIST",
                    help="guest sizes for --plot, e.g. 16G,32G,64G (default: a quarter, half and all of "
                         "--guest-size)")
@@ -165,7 +195,31 @@ def build_parser() -> argparse.ArgumentParser:
                      help="show a progress bar on stderr (default: when stderr is a terminal)")
     bar.add_argument("--no-progress", dest="progress", action="store_false")
 
+    w.add_argument("--strategy", action="append", default=None, metavar="NAME=FLAGS[,max_level=N]",
+                   help="your own strategy (repeatable), e.g. mine=LEAF|SKIP_LEVEL3; runs with KERNEL and "
+                        "--strategies (default: KERNEL and yours)")
+    w.add_argument("--strategy-module", action="append", default=None, metavar="FILE.py",
+                   help="strategies from a Python file's STRATEGIES list (repeatable)")
+
     sub.add_parser("presets", help="list the presets that re-create the series' experiments")
+    add_vms_parser(sub)
+
+    k = sub.add_parser("calibrate", help="fit a machine profile to measured times",
+                       description="Fit per-event costs to measurements of experiments s2fast can run (a CSV: "
+                                   "preset or workload fields, strategy, phase, seconds or pct_change; see "
+                                   "s2fast/cost/calibrate.py). Prints the fit of every row, leave-one-out "
+                                   "errors and the costs the data cannot identify. Needs scipy "
+                                   "(pip install 's2fast[fit]').")
+    k.add_argument("measurements", metavar="MEASUREMENTS.csv")
+    k.add_argument("-o", "--output", required=True, metavar="PROFILE",
+                   help="where to write the fitted profile (.toml or .json)")
+    k.add_argument("--prior", default=None, metavar="NAME|FILE",
+                   help="starting profile the fit is regularised toward (default generic)")
+    k.add_argument("--prior-weight", type=float, default=None, metavar="W",
+                   help="ridge weight toward the prior (default 1e-4: a cost moving by 100%% of its prior "
+                        "weighs as much as one point of misfit in one row)")
+    from .dirty_log_perf import add_parser as add_dirty_log_perf
+    add_dirty_log_perf(sub)
 
     d = sub.add_parser("dump", help="list a stage-2 table like the kernel's stage-2 ptdump",
                        description="One line per run of contiguous IPA with identical attributes. The table is "
@@ -185,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "image with --base-pa, --vttbr and --vtcr")
     where.add_argument("--elf", default=None, metavar="CORE",
                        help="an ELF core (kdump vmcore, QEMU dump-guest-memory); needs --vttbr and --vtcr")
+    add_kernel_source(src, where)
+    src.add_argument("--vm", default=None, metavar="ID",
+                     help="--vmcore/--live: the VM to list, an ID from s2fast vms (N, N.M for nested MMU M, "
+                          "a struct kvm address, or host)")
     src.add_argument("--vttbr", type=_reg_arg("--vttbr"), default=None, metavar="X",
                      help="VTTBR_EL2 as read from the CPU (VMID and CnP are ignored)")
     src.add_argument("--vtcr", type=_reg_arg("--vtcr"), default=None, metavar="X", help="VTCR_EL2")
@@ -202,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--no-fwb", dest="fwb", action="store_false",
                     help="the KVM encodings without FWB (default, unless a sidecar says otherwise)")
     d.add_argument("--json", action="store_true", help="print a JSON list of runs instead of the table")
+    from . import cli_sweep
+    cli_sweep.add_parsers(sub)
     return p
 
 
@@ -212,54 +272,81 @@ def _fmt_int(v: int) -> str:
     return f"{v:,}"
 
 
-def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
-    """A plain-text table with a dashed rule under the header."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+def _fmt_s(v: float) -> str:
+    return f"{v:.3g}"
 
-    def line(cells: Sequence[str]) -> str:
-        out = [c.rjust(wd) if r else c.ljust(wd) for c, wd, r in zip(cells, widths, right)]
-        return "  ".join(out).rstrip()
 
-    return "\n".join([line(headers), line(["-" * wd for wd in widths])] + [line(r) for r in rows])
+def _ratio(v: Optional[float], fmt: str) -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _outcome(row: dict[str, Any]) -> str:
+    """The last column: 'identical', or UNSAFE and what differs (footnoted)."""
+    if row["identical"]:
+        return row["outcome"]
+    return "UNSAFE*: " + row["outcome"].removeprefix("differs: ")
 
 
 def comparison_table(cmp: Comparison) -> str:
-    headers = ["strategy", "entries read", "callbacks", "TLBIs", "CMOs", "pages alloc", "time (s)",
-               "speed-up", "final table vs KERNEL"]
+    """One row per strategy. The preset tables use it too, so every table
+    has the same columns."""
+    headers = ["strategy", "entries read", "callbacks", "TLBIs", "CMO calls", "CMOs done", "pages alloc",
+               "predicted (s)", "vs KERNEL", "time (s)", "reduction", "speed-up", "final table vs KERNEL"]
     rows = []
     for r in cmp.rows():
         rows.append([r["strategy"], _fmt_int(r["entries_read"]), _fmt_int(r["callbacks"]), _fmt_int(r["tlbis"]),
-                     _fmt_int(r["cmos"]), _fmt_int(r["pages_alloc"]), f"{r['wall_s']:.2f}",
-                     f"{r['speedup']:.2f}x", r["outcome"]])
-    return render_table(headers, rows, [False, True, True, True, True, True, True, True, False])
+                     _fmt_int(r["cmos"]), _fmt_int(r["cmos_done"]), _fmt_int(r["pages_alloc"]),
+                     _fmt_s(r["predicted_s"]), f"{r['predicted_pct_change']:+.1f}%",
+                     f"{r['wall_s']:.2f}", _ratio(r["reduction_pct"], "{:.1f}%"), _ratio(r["speedup"], "{:.2f}x"),
+                     _outcome(r)])
+    return render_table(headers, rows, [False] + [True] * 11 + [False])
 
 
 def phase_table(cmp: Comparison) -> str:
-    headers = ["strategy", "phase", "entries read", "callbacks", "TLBIs", "CMOs", "pages alloc", "time (s)"]
+    headers = ["strategy", "phase", "entries read", "callbacks", "TLBIs", "CMO calls", "CMOs done", "pages alloc",
+               "predicted (s)", "time (s)"]
     rows = [[r["strategy"], r["phase"], _fmt_int(r["entries_read"]), _fmt_int(r["callbacks"]),
-             _fmt_int(r["tlbis"]), _fmt_int(r["cmos"]), _fmt_int(r["pages_alloc"]), f"{r['wall_s']:.2f}"]
+             _fmt_int(r["tlbis"]), _fmt_int(r["cmos"]), _fmt_int(r["cmos_done"]), _fmt_int(r["pages_alloc"]),
+             _fmt_s(r["predicted_s"]), f"{r['wall_s']:.2f}"]
             for r in cmp.phase_rows()]
-    return render_table(headers, rows, [False, False, True, True, True, True, True, True])
+    return render_table(headers, rows, [False, False] + [True] * 8)
 
 
-def preset_table(res: PresetResult) -> str:
-    headers = ["strategy", "enable: entries read", "reduction", "CLEAR: entries read", "reduction",
-               "final table vs KERNEL"]
-    rows = [[r["strategy"], _fmt_int(r["enable_entries_read"]), f"{r['enable_reduction_pct']:.1f}%",
-             _fmt_int(r["clear_entries_read"]), f"{r['clear_reduction_pct']:.1f}%", r["outcome"]]
-            for r in res.rows()]
-    return render_table(headers, rows, [False, True, True, True, True, False])
+FOOTNOTE = ("reduction, speed-up: KERNEL's entries read against the strategy's ('-' where KERNEL read none); "
+            "predicted: seconds on the machine of profile {profile} (s2fast.cost) and their change against "
+            "KERNEL; time is the simulator's, build excluded.\n"
+            "CMO calls: calls of the cache-maintenance hooks (mm_ops dcache_clean_inval_poc, "
+            "icache_inval_pou); CMOs done: those that maintain a cache (on FWB hardware mmu.c's dcache "
+            "hook returns at once).")
 
 
-FOOTNOTE = ("speed-up: KERNEL's entries read over the strategy's (the cost model); "
-            "time is the simulator's, build excluded.")
+def unsafe_footnote(cmps: Sequence[tuple[str, Comparison]]) -> list[str]:
+    """What each UNSAFE row left behind, for the lines under the table."""
+    out = []
+    for label, cmp in cmps:
+        for s, d in cmp.diffs.items():
+            if d.identical:
+                continue
+            where = f" ({label})" if label else ""
+            terms = []
+            if d.unsplit:
+                terms.append("unsplit: blocks KERNEL's split turned into smaller leaves and this strategy left "
+                             "whole")
+            if d.unmapped:
+                terms.append("unmapped: KERNEL's leaves with nothing mapped here, e.g. the rest of a block "
+                             "left unsplit that a write fault then broke up")
+            why = f" ({'; '.join(terms)})" if terms else ""
+            out.append(f"* UNSAFE: {s.name}{where} does not leave KERNEL's final table: "
+                       f"{d.describe().removeprefix('differs: ')}{why}. A walker change must leave exactly "
+                       "the kernel's table to replace it.")
+    return out
 
 
 def comparison_text(cmp: Comparison, phases: bool) -> str:
     w = cmp.workload
     names = ", ".join(p.name for p in next(iter(cmp.results.values())).phases)
     out = [f"s2fast compare: {w.describe()}", f"phases: {names} (build excluded)", "",
-           comparison_table(cmp), "", FOOTNOTE]
+           comparison_table(cmp), "", FOOTNOTE.format(profile=_profile_name(cmp))] + unsafe_footnote([("", cmp)])
     if phases:
         out += ["", phase_table(cmp)]
     return "\n".join(out)
@@ -268,15 +355,22 @@ def comparison_text(cmp: Comparison, phases: bool) -> str:
 def preset_text(res: PresetResult, phases: bool) -> str:
     p = res.preset
     cw = res.clear.workload
-    out = [f"s2fast compare --preset {p.name}: {p.description}",
+    out = [f"s2fast compare --preset {p.name}: {p.description}", "",
            "enable dirty tracking: not initially-all-set (write-protect + eager split of the slot)",
-           f"CLEAR_DIRTY_LOG: initially-all-set, {cw.passes} passes, {cw.writes} {cw.pattern} writes "
-           f"between passes",
-           "reduction: entries read, against KERNEL", "", preset_table(res)]
+           comparison_table(res.enable), "",
+           f"CLEAR_DIRTY_LOG: initially-all-set, {cw.passes} CLEAR pass{'es' if cw.passes != 1 else ''}, "
+           f"{cw.writes_text()}",
+           comparison_table(res.clear), "", FOOTNOTE.format(profile=_profile_name(res.enable))]
+    out += unsafe_footnote([("enable", res.enable), ("CLEAR", res.clear)])
     if phases:
         out += ["", "enable dirty tracking:", phase_table(res.enable), "", "CLEAR_DIRTY_LOG:",
                 phase_table(res.clear)]
     return "\n".join(out)
+
+
+def _profile_name(cmp: Comparison) -> str:
+    from .cost.model import load_profile
+    return load_profile(cmp.profile).name
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -286,36 +380,6 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
     return buf.getvalue().rstrip("\n")
-
-
-class ProgressBar:
-    """A one-line progress bar on a terminal stream, redrawn at most every
-    0.1 s; ``close()`` erases it."""
-
-    def __init__(self, stream: TextIO, width: int = 28) -> None:
-        self.stream = stream
-        self.width = width
-        self.last = 0.0
-        self.shown = 0
-        self.title = ""
-
-    def __call__(self, fraction: float, label: str) -> None:
-        now = time.monotonic()
-        if now - self.last < 0.1 and fraction < 1.0:
-            return
-        self.last = now
-        fraction = min(max(fraction, 0.0), 1.0)
-        done = int(fraction * self.width)
-        text = f"[{'#' * done}{'-' * (self.width - done)}] {fraction * 100:3.0f}%  {self.title}{label}"
-        self.stream.write("\r" + text.ljust(self.shown))
-        self.stream.flush()
-        self.shown = len(text)
-
-    def close(self) -> None:
-        if self.shown:
-            self.stream.write("\r" + " " * self.shown + "\r")
-            self.stream.flush()
-            self.shown = 0
 
 
 # ---------------------------------------------------------------------------
@@ -343,32 +407,17 @@ def _check_plot(args: argparse.Namespace) -> None:
     folder = os.path.dirname(os.path.abspath(args.plot))
     if not os.path.isdir(folder):
         raise UsageError(f"--plot: folder {folder!r} does not exist")
-    if importlib.util.find_spec("matplotlib") is None:
-        raise UsageError("--plot needs matplotlib: pip install 's2fast[plot]'")
+    for module in ("matplotlib", "pandas"):
+        if importlib.util.find_spec(module) is None:
+            raise UsageError(f"--plot needs {module}: pip install 's2fast[plot]'")
 
 
 def draw_plot(path: str, runs: dict[int, Comparison]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """% change against KERNEL against guest size (s2fast plot --kind size)."""
+    from .plot import plot_size
+    from .results import comparison_records, to_frame
 
-    sizes = sorted(runs)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    names = [r["strategy"] for r in runs[sizes[0]].rows()]
-    for name in names:
-        ys = [next(r["entries_read"] for r in runs[s].rows() if r["strategy"] == name) for s in sizes]
-        ax.plot([s / (1 << 30) for s in sizes], ys, marker="o", label=name)
-    w = runs[sizes[-1]].workload
-    ax.set_xlabel("guest size (GiB)")
-    ax.set_ylabel("entries read (all phases, build excluded)")
-    ax.set_title(f"backing {w.backing}, chunk {format_size(w.chunk) if w.chunk else 'off'}, "
-                 f"{w.passes} CLEAR passes, {'initially-all-set' if w.initially_set else 'eager enable'}",
-                 fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_size(to_frame([row for s in sorted(runs) for row in comparison_records(runs[s])]), path)
 
 
 def cmd_presets(out: TextIO) -> int:
@@ -379,9 +428,19 @@ def cmd_presets(out: TextIO) -> int:
     return 0
 
 
+def _load_profile(spec: Optional[str]) -> Any:
+    from .cost.model import ProfileError, load_profile
+    try:
+        return load_profile(spec)
+    except ProfileError as e:
+        raise UsageError(f"--profile: {e}") from None
+
+
 def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     _check_plot(args)
+    profile = _load_profile(args.profile)
     strategies = args.strategies
+    strategies = custom_strategies(args, args.strategies)
     if args.preset is not None:
         if args.preset != "all" and args.preset not in PRESETS:
             raise UsageError(f"--preset: {args.preset!r} is not one of {', '.join(PRESETS)} or all")
@@ -393,9 +452,11 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             raise UsageError("--tlb-range and --fwb cannot be combined with --preset")
         overrides = {k: getattr(args, k) for k in ("chunk", "passes", "writes", "pattern", "seed")
                      if getattr(args, k) is not None}
-        for name in names:   # check the overrides before the long run
+        for name in names:   # check the overrides and the memory before the long run
             _checked(PRESETS[name].clear_workload, **overrides)
             _checked(PRESETS[name].enable_workload, **overrides)
+        _check_memory([w for name in names for w in (PRESETS[name].clear_workload(**overrides),
+                                                      PRESETS[name].enable_workload(**overrides))], strategies)
         bar = _progress(args, err)
         results = []
         try:
@@ -403,7 +464,8 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 if bar:
                     bar.title = f"{name} "
                 results.append(run_preset(name, strategies, progress=(
-                    (lambda f, n, i=i: bar((i + f) / len(names), n)) if bar else None), **overrides))
+                    (lambda f, n, i=i: bar((i + f) / len(names), n)) if bar else None), profile=profile,
+                    **overrides))
         finally:
             if bar:
                 bar.close()
@@ -414,7 +476,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             out.write(_csv([dict(preset=r.preset.name, **row) for r in results for row in r.rows()]) + "\n")
         else:
             out.write("\n\n".join(preset_text(r, args.phases) for r in results) + "\n")
-        return 0
+        return _status(args, [c for r in results for c in (r.enable, r.clear)], err)
 
     workload = _checked(_workload, args)
     sizes = [workload.guest_size]
@@ -423,6 +485,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         sizes = args.plot_sizes or sorted({max(unit, workload.guest_size // k // unit * unit) for k in (4, 2, 1)})
         for s in sizes:   # check every size before the long run
             _checked(workload.replace, guest_size=s)
+    _check_memory([workload.replace(guest_size=s) for s in sizes], strategies)
     bar = _progress(args, err)
     runs: dict[int, Comparison] = {}
     try:
@@ -432,7 +495,7 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             if bar:
                 bar.title = f"{format_size(s)} " if len(order) > 1 else ""
             runs[s] = compare(w, strategies, progress=(
-                (lambda f, n, i=i, k=len(order): bar((i + f) / k, n)) if bar else None))
+                (lambda f, n, i=i, k=len(order): bar((i + f) / k, n)) if bar else None), profile=profile)
     finally:
         if bar:
             bar.close()
@@ -451,6 +514,15 @@ def cmd_compare(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.write(comparison_text(main_run, args.phases) + "\n")
         if args.plot is not None:
             out.write(f"\nplot: {args.plot} ({', '.join(format_size(s) for s in sizes)})\n")
+    return _status(args, list(runs.values()), err)
+
+
+def _status(args: argparse.Namespace, cmps: list[Comparison], err: TextIO) -> int:
+    """--fail-on-difference: 1 when some strategy's final table differs."""
+    bad = sorted({s.name for c in cmps for s, d in c.diffs.items() if not d.identical})
+    if args.fail_on_difference and bad:
+        err.write(f"s2fast: final table differs from KERNEL's under {', '.join(bad)} (--fail-on-difference)\n")
+        return 1
     return 0
 
 
@@ -524,6 +596,8 @@ def _dump_table(args: argparse.Namespace) -> Any:
             return Stage2PageTable.from_image(PhysMem.from_elf(args.elf), vttbr=args.vttbr, vtcr=args.vtcr, **kw)
         if not os.path.exists(args.image):
             raise UsageError(f"--image: no such file: {args.image!r}")
+        if os.path.isdir(args.image):
+            raise UsageError(f"--image: {args.image!r} is a directory, not a memory image file")
         sidecar = os.path.exists(args.image + ".json")
         if sidecar and args.base_pa is None:
             return Stage2PageTable.from_image(args.image, vttbr=args.vttbr, vtcr=args.vtcr, **kw)
@@ -545,10 +619,37 @@ def _dump_table(args: argparse.Namespace) -> Any:
         raise UsageError(str(e)) from None
 
 
+def cmd_kernel(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """s2fast vms and s2fast dump --vm: VMs read from a kernel with drgn (s2fast/drgn.py)."""
+    from . import drgn as kernel
+    from .errors import CorruptTableError, PhysMemReadError
+
+    try:
+        if args.command == "vms":
+            return kernel.cmd_vms(args, out, render_table)
+        if args.vm is None or (args.vmcore is None and not args.live):
+            raise UsageError("--vm needs --vmcore FILE or --live, and they (and --vmlinux) need --vm ID")
+        if args.guest_size is not None or args.backing is not None or args.granule is not None or \
+                args.vttbr is not None or args.vtcr is not None or args.base_pa is not None:
+            raise UsageError("--vm lists a VM of the kernel: its table, registers and granule come from the kernel")
+        text = kernel.dump_vm_text(args)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    except (CorruptTableError, PhysMemReadError) as e:
+        err.write(f"s2fast: error: the table cannot be walked: {e}\n")
+        return 1
+    except (OSError, ValueError, LookupError) as e:
+        raise UsageError(str(e)) from None
+    out.write(text + "\n")
+    return 0
+
+
 def cmd_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from .dump import format_dump
     from .errors import CorruptTableError, PhysMemReadError
 
+    if args.vm is not None or args.vmcore is not None or args.live or args.vmlinux is not None:
+        return cmd_kernel(args, out, err)
     pt = _dump_table(args)
     try:
         text = format_dump(pt, json=args.json)
@@ -556,6 +657,57 @@ def cmd_dump(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         err.write(f"s2fast: error: the table cannot be walked: {e}\n")
         return 1
     out.write(text + "\n")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if os.path.splitext(args.output)[1].lower() not in (".toml", ".json"):
+        raise UsageError(f"-o: {args.output}: a profile is written as .toml or .json")
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise UsageError(f"-o: folder {folder!r} does not exist")
+    if importlib.util.find_spec("scipy") is None:
+        raise UsageError("calibrate needs scipy: pip install 's2fast[fit]'")
+    from .cost.calibrate import DEFAULT_PRIOR_WEIGHT, MeasurementError, calibrate
+    from .cost.model import ProfileError, load_profile
+    try:
+        prior = load_profile(args.prior)
+    except ProfileError as e:
+        raise UsageError(f"--prior: {e}") from None
+    w = DEFAULT_PRIOR_WEIGHT if args.prior_weight is None else args.prior_weight
+    if not (w > 0 and w != float("inf")):
+        raise UsageError(f"--prior-weight: {args.prior_weight!r} is not a positive number")
+    try:
+        cal = calibrate(args.measurements, prior, prior_weight=w,
+                        name=os.path.splitext(os.path.basename(args.output))[0])
+    except (MeasurementError, ProfileError) as e:
+        raise UsageError(str(e)) from None
+    out.write(cal.report() + "\n")
+    cal.profile.save(args.output)
+    out.write(f"\nprofile written to {args.output}\n")
+    return 0
+
+
+def cmd_dirty_log_perf(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from . import dirty_log_perf as dlp
+    opts = _checked(dlp.options_from_args, args)
+    _checked(dlp.layout, opts)
+    given = None
+    if args.strategies is not None:
+        try:
+            given = _strategies_arg(args.strategies)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--strategies: {e}") from None
+    strategies = custom_strategies(args, given) or [Strategy.KERNEL]
+    try:
+        profile = dlp.load_profile(args.profile)
+    except dlp.ProfileUnavailable as e:
+        raise UsageError(str(e)) from None
+    res = _checked(dlp.run_all, opts, strategies)
+    if args.json:
+        out.write(json.dumps(dlp.to_dict(res, profile), indent=2) + "\n")
+    else:
+        out.write(dlp.report(res, profile) + "\n")
     return 0
 
 
@@ -568,9 +720,21 @@ def _checked(fn: Any, *a: Any, **kw: Any) -> Any:
         raise UsageError(str(e)) from None
 
 
-def _progress(args: argparse.Namespace, err: TextIO) -> Optional[ProgressBar]:
-    on = args.progress if args.progress is not None else (hasattr(err, "isatty") and err.isatty())
-    return ProgressBar(err) if on else None
+def _check_memory(workloads: list[Workload], strategies: Optional[list[Strategy]]) -> None:
+    """Refuse, before building anything, a run that does not fit in memory."""
+    from .memory import check_memory
+    from .comparison import _strategies
+
+    try:
+        check_memory(workloads, len(_strategies(strategies)))
+    except ValueError as e:       # a bad S2FAST_MEMORY_LIMIT
+        raise UsageError(str(e)) from None
+
+
+def _progress(args: argparse.Namespace, err: TextIO) -> Optional[FractionBar]:
+    if args.progress and tqdm_class() is None:
+        raise UsageError("--progress needs tqdm: pip install 's2fast[sweep]'")
+    return fraction_bar(err, args.progress)
 
 
 def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
@@ -585,14 +749,31 @@ def main(argv: Optional[Sequence[str]] = None, *, out: Optional[TextIO] = None,
         except SystemExit as e:   # --help, --version
             return int(e.code or 0)
         if args.command is None:
-            raise UsageError("a command is required: compare, presets or dump (see s2fast --help)")
+            raise UsageError("a command is required: compare, presets, dump, calibrate, vms, dirty-log-perf, "
+                             "sweep or plot (see s2fast --help)")
         if args.command == "presets":
             return cmd_presets(out)
         if args.command == "dump":
             return cmd_dump(args, out, err)
+        if args.command == "calibrate":
+            return cmd_calibrate(args, out, err)
+        if args.command == "vms":
+            return cmd_kernel(args, out, err)
+        if args.command == "dirty-log-perf":
+            return cmd_dirty_log_perf(args, out, err)
+        if args.command in ("sweep", "plot"):
+            from . import cli_sweep
+            return (cli_sweep.cmd_sweep if args.command == "sweep" else cli_sweep.cmd_plot)(args, out, err)
         return cmd_compare(args, out, err)
     except UsageError as e:
         err.write(f"s2fast: error: {e}\n")
+        return 2
+    except InsufficientMemoryError as e:     # refused before anything was built
+        err.write(f"s2fast: error: {e}\n")
+        return 2
+    except MemoryError as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        err.write(f"s2fast: error: out of memory: {detail}\n")
         return 2
     except KeyboardInterrupt:
         err.write("s2fast: interrupted\n")

@@ -176,6 +176,10 @@ def _row(r: DumpRun) -> tuple[str, ...]:
             "AF" if r.af else "-", f"{r.sw:#x}", "")
 
 
+def _n(count: int, one: str, many: str = "") -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
 def format_dump(pt: Any, *, json: bool = False) -> str:
     """The listing as text (a title, a header and one line per run) or, with
     ``json=True``, a JSON list of run objects with integer addresses."""
@@ -190,8 +194,12 @@ def format_dump(pt: Any, *, json: bool = False) -> str:
     ia = getattr(pt, "ia_bits", None)
     title = (f"stage-2 dump: {str(ia) + '-bit IPA, ' if ia is not None else ''}"
              f"{_size(int(pt.granule))} granule, fwb={'on' if pt.fwb else 'off'}, "
-             f"xnx={'on' if pt.xnx else 'off'}: {len(runs)} runs, {n_leaves} leaves mapping "
-             f"{_size(mapped) if mapped else '0'}, {n_ann} annotations")
+             f"xnx={'on' if pt.xnx else 'off'}: {_n(len(runs), 'run')}, {_n(n_leaves, 'leaf', 'leaves')} mapping "
+             f"{_size(mapped) if mapped else '0'}, {_n(n_ann, 'annotation')}")
+    ignored = getattr(pt, "vttbr_ignored", 0)
+    if ignored:
+        title += (f"; VTTBR {pt.vttbr:#x}: bits {ignored:#x} are below the root table's alignment "
+                  f"and were ignored (root at {pt.root_pa:#x})")
     rows = [_row(r) for r in runs]
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(_HEADERS)]
     right = (False, True, False, False, False, False, False, False, False, False)

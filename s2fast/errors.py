@@ -36,6 +36,18 @@ class OutsideMemoryError(CorruptTableError):
         self.desc = desc
 
 
+class InsufficientMemoryError(MemoryError):
+    """A run was refused before it started: its estimated memory (``needed``
+    bytes) is more than the machine has available (``available``).
+    ``largest`` is the largest guest of the same kind that fits (0: none)."""
+
+    def __init__(self, message: str, needed: int, available: int, largest: int) -> None:
+        super().__init__(message)
+        self.needed = needed
+        self.available = available
+        self.largest = largest
+
+
 class ReadOnlyTableError(TypeError):
     """A change was asked of a table that lives in an external image."""
 

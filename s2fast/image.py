@@ -17,7 +17,8 @@ from . import _walk, checks
 from .errors import CorruptTableError
 from .geometry import address_bits, geometry, output_address
 from .physmem import PhysMem
-from .registers import PS_BITS, TG0_GRANULE, Vtcr, decode_vtcr, decode_vttbr  # noqa: F401 (their old home)
+from .registers import (PS_BITS, TG0_GRANULE, Vtcr, decode_vtcr, decode_vttbr,  # noqa: F401 (their old home)
+                        vttbr_ignored_bits)
 
 IMAGE_FORMAT = "s2fast-image"
 IMAGE_VERSION = 1
@@ -105,7 +106,8 @@ def open_image(cls: type, physmem: Any, *, vttbr: Any, vtcr: Any, xnx: Any = Tru
     core.init_image(v.page_shift, v.ia_bits, v.start_level, v.pgd_pages, root, fwb, xnx,
                     v.ps_bits, v.ha, segs, CorruptTableError)
     pt = cls._from_core(core, v.geometry(), fwb=fwb, xnx=xnx, tlb_range=False, vttbr=int(vttbr),
-                        physmem=physmem, patched_pages=patched)
+                        physmem=physmem, patched_pages=patched,
+                        vttbr_ignored=vttbr_ignored_bits(vttbr, v))
     if not allow_aliases:
         scan_tables(pt, v.start_level, root, v.pgd_pages, v.granule, v.root_entries)
     return pt

@@ -138,7 +138,7 @@ def _assign_kinds(base: int, size: int, backing: Backing, rng: np.random.Generat
     is left is PMD blocks (also the fallback for PUD backing where no
     aligned PUD range fits). Hosts without PUD blocks have only the last two."""
     unit = h.unit
-    n_units = size // unit
+    n_units = -(-size // unit)          # a page-backed slot may end inside a unit
     kinds = np.full(n_units, K2M, dtype=np.uint8)
     per_pud = h.units_per_pud
     if per_pud:
@@ -207,8 +207,19 @@ class Memslot:
         if h.pud_size:
             out[h.kind_names[2]] = int(n[K1G]) // h.units_per_pud
         out[h.kind_names[1]] = int(n[K2M])
-        out[h.kind_names[0]] = int(n[K4K]) * (h.unit // h.granule)
+        out[h.kind_names[0]] = min(int(n[K4K]) * (h.unit // h.granule), self.npages)   # page-aligned slots
         return out
+
+    @property
+    def dirty_bytes(self) -> memoryview:
+        """The dirty bitmap as bytes (bit n of the little-endian words is
+        bit n % 8 of byte n // 8): a byte's update costs far less than a
+        numpy word's."""
+        bm = self.dirty_bitmap
+        if getattr(self, "_bytes_of", None) is not bm:
+            self._bytes_of = bm
+            self._bytes = memoryview(bm.view(np.uint8))
+        return self._bytes
 
     def dirty_pages(self) -> int:
         """Bits set in the dirty bitmap (0 when not logging)."""

@@ -35,13 +35,14 @@ import numpy as np
 
 from . import checks
 from ._walk import TABLE_PA_BASE, MemCache
-from .flags import EAGAIN, ENOMEM, RW, WalkFlags
+from .flags import EAGAIN, ENOMEM, RW, Prot, WalkFlags
 from .geometry import OA_MASK
 from .hostrules import check_chunk, host_rules, split_nr_page_tables
 from .memslot import K2M, K4K, PHYS_OFFSET, Backing, Memslot, _assign_kinds
 from .pgtable import DEFAULT_RESERVE, Stage2PageTable
 from .sizes import GiB, format_size, parse_size
-from .variants import Strategy, parse_strategy
+from .strategy import AnyStrategy, as_strategy
+from .variants import Strategy
 
 BITS_PER_LONG = 64
 #: arm64's KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE: a vCPU cache is topped up to this
@@ -55,6 +56,7 @@ FAULT_FLAGS = int(WalkFlags.HANDLE_FAULT | WalkFlags.SHARED)
 #: bitmap words a CLEAR handles per batch of Python work (16 GiB of guest)
 _CLEAR_SEGMENT = 1 << 16
 _RW = int(RW)
+_R = int(Prot.R)
 
 # Descriptor bits the hardware walk reads.
 _PTE_VALID = 1
@@ -77,6 +79,9 @@ COUNTERS = (
     "mask_words",             # kvm_arch_mmu_enable_log_dirty_pt_masked() calls
     "guest_writes",
     "writes_no_fault",        # the page was writable: no exit
+    "guest_reads",
+    "reads_no_fault",         # the page was mapped: no exit
+    "faults_read",            # ... of the faults counted below, those of a read
     "faults_perm",            # permission fault fixed by relax_perms()
     "faults_perm_block",      # permission fault on a block: map() of a page
     "faults_translation",     # translation fault: map()
@@ -85,6 +90,7 @@ COUNTERS = (
     "vcpu_cache_topups",
     "vcpu_cache_topup_pages",
     "pages_marked_dirty",     # mark_page_dirty_in_slot()
+    "dirty_bitmap_bytes",     # bitmap bytes kvm_clear_dirty_log_protect() scans (whole slot per CLEAR)
 )
 
 
@@ -129,14 +135,12 @@ class VM:
     # -- configuration ------------------------------------------------------
 
     @property
-    def strategy(self) -> Strategy:
+    def strategy(self) -> AnyStrategy:
         return self._strategy
 
     @strategy.setter
     def strategy(self, v: Any) -> None:
-        s = parse_strategy(v)
-        self._strategy = s
-        self._split_args = (s.flags, s.max_level, s.skip_return)
+        self._strategy = as_strategy(v)
 
     @property
     def eager_split_chunk(self) -> int:
@@ -156,15 +160,21 @@ class VM:
     # -- memslots -------------------------------------------------------------
 
     def add_memslot(self, size: Any, backing: Any = "hugetlb", *, base: Any = None,
-                    seed: int = 0) -> Memslot:
+                    seed: int = 0, populate: bool = True, page_aligned: bool = False) -> Memslot:
         """Create a memslot and pre-fault all of it, writable, with its
         backing (as a guest that has touched all its memory; by default the
-        host's largest stage-2 block: 1 GiB, 32 MiB or 512 MiB). Returns it."""
+        host's largest stage-2 block: 1 GiB, 32 MiB or 512 MiB). Returns it.
+        With ``populate=False`` nothing is mapped: the guest's first touch
+        of each page faults. Slots are PMD_SIZE aligned; with
+        ``page_aligned=True`` a slot backed by pages only may start and end
+        on any page boundary (KVM itself needs no more)."""
         h = self.host
-        unit = h.unit
         size = parse_size(size)
         backing = Backing.parse(backing, h.granule)
+        page_aligned = checks.boolean("page_aligned", page_aligned)
+        unit = h.granule if page_aligned and backing.pct_4k == 100 else h.unit
         seed = checks.integer("seed", seed)
+        populate = checks.boolean("populate", populate)
         if base is None:
             base = self.memslots[-1].end if self.memslots else DEFAULT_BASE
             base = -(-base // unit) * unit
@@ -184,7 +194,8 @@ class VM:
         rng = np.random.default_rng([seed, len(self.memslots)])
         slot = Memslot(len(self.memslots), base, size, backing, seed, _assign_kinds(base, size, backing, rng, h),
                        granule=h.granule)
-        self._build(slot)
+        if populate:
+            self._build(slot)
         i = bisect.bisect(self._bases, base)
         self._bases.insert(i, base)
         self.memslots.insert(i, slot)
@@ -200,7 +211,7 @@ class VM:
         for a, b in zip(starts, ends):
             kind = int(kinds[a])
             ipa = slot.base + a * unit
-            size = (b - a) * unit
+            size = min(b * unit, slot.size) - a * unit
             phys = PHYS_OFFSET + ipa + (pmd if kind == K2M else 0)
             ret = self.pt._map_unchecked(ipa, size, phys, _RW, mc, 0, kind == K4K)
             if ret:
@@ -239,6 +250,10 @@ class VM:
     def snapshot(self) -> dict[str, int]:
         """The engine's counters and the VM's (``COUNTERS``) as one dict."""
         d = {k: v for k, v in self.pt.stats.as_dict().items() if isinstance(v, int)}
+        d["entries_written"], d["cmpxchg"] = self.pt._cost_counts()
+        # Maintenance done, not just hook calls: mmu.c's dcache hook
+        # (clean_dcache_guest_page) returns at once on FWB hardware.
+        d["cmo_done"] = d["icache_calls"] + (0 if self.pt.fwb else d["dcache_calls"])
         d.update(self.counters)
         return d
 
@@ -312,6 +327,7 @@ class VM:
                     progress(hi / len(bm))
             c["mask_words"] += n
             c["clear_calls"] += 1
+            c["dirty_bitmap_bytes"] += len(bm) * 8
             if n:
                 kvm_flush_remote_tlbs_memslot(self, s)
             total += n
@@ -422,8 +438,7 @@ def kvm_mmu_split_huge_pages(vm: VM, addr: int, end: int) -> int:
         return 0
     mc = vm.split_cache
     cap = vm._split_capacity
-    split = vm.pt._split_unchecked
-    flags, max_level, skip_return = vm._split_args
+    split, strategy = vm.pt._split_unchecked, vm._strategy
     n = 0
     ret = 0
     while True:
@@ -434,7 +449,7 @@ def kvm_mmu_split_huge_pages(vm: VM, addr: int, end: int) -> int:
         nxt = (addr + chunk) & ~(chunk - 1)
         if nxt > end:
             nxt = end
-        ret = split(addr, nxt - addr, mc, flags, max_level, skip_return)
+        ret = split(addr, nxt - addr, mc, strategy)
         n += 1
         if ret or nxt == end:
             break
@@ -478,38 +493,43 @@ def kvm_arch_mmu_enable_log_dirty_pt_masked(vm: VM, gfn_offset: int, mask: int) 
         kvm_mmu_split_huge_pages(vm, start, end)
 
 
-def guest_write(vm: VM, slot: Memslot, ipa: int) -> int:
-    """A guest write to page ``ipa``: free when the hardware walk finds it
-    writable, else a stage-2 fault (user_mem_abort()), retried on -EAGAIN;
-    a write that lands marks the page dirty (mark_page_dirty_in_slot())."""
+def guest_write(vm: VM, slot: Memslot, ipa: int, write: bool = True,
+                walked: Optional[tuple[int, int]] = None) -> int:
+    """A guest write (or, ``write=False``, read) of page ``ipa``: free when
+    the hardware walk finds it writable (for a read: valid), else a stage-2
+    fault (user_mem_abort()), retried on -EAGAIN; a write that lands marks
+    the page dirty (mark_page_dirty_in_slot()). ``walked``: the hardware
+    walk's (level, descriptor) for ``ipa`` when the caller has just done it
+    (a batch translation)."""
     c = vm.counters
-    c["guest_writes"] += 1
+    c["guest_writes" if write else "guest_reads"] += 1
     ret = -EAGAIN
     for attempt in range(4):
-        level, pte = vm._translate(ipa)
-        if pte & _S2AP_W:
+        level, pte = walked if attempt == 0 and walked is not None else vm._translate(ipa)
+        if pte & _S2AP_W if write else pte:
             if attempt == 0:
-                c["writes_no_fault"] += 1
+                c["writes_no_fault" if write else "reads_no_fault"] += 1
             return 0
-        ret = user_mem_abort(vm, slot, ipa, level, pte)
+        ret = user_mem_abort(vm, slot, ipa, level, pte, write)
         if ret != EAGAIN:
             break
         c["fault_retries"] += 1
     if ret:
         c["fault_errors"] += 1
         return ret
-    if slot.logging:
+    if slot.logging and write:
         off = (ipa - slot.base) >> vm.host.page_shift
-        slot.dirty_bitmap[off >> 6] |= np.uint64(1 << (off & 63))
+        slot.dirty_bytes[off >> 3] |= 1 << (off & 7)
         c["pages_marked_dirty"] += 1
     return 0
 
 
-def user_mem_abort(vm: VM, slot: Memslot, ipa: int, level: int, pte: int) -> int:
-    """A write fault on ``ipa``, whose walk ended at ``level`` with ``pte``:
-    top the vCPU cache up, then relax_perms() when the entry is a leaf of
-    the size to map, else map() that size (pages while logging, else the
-    backing's)."""
+def user_mem_abort(vm: VM, slot: Memslot, ipa: int, level: int, pte: int, write: bool = True) -> int:
+    """A fault on ``ipa``, whose walk ended at ``level`` with ``pte``: top
+    the vCPU cache up, then relax_perms() when the entry is a leaf of the
+    size to map, else map() that size (pages while logging, else the
+    backing's). A read faults only on an invalid entry; on a logging slot
+    it maps the page read-only (only a write fault maps it writable)."""
     c = vm.counters
     mc = vm.vcpu_cache
     if mc.nobjs < vm._vcpu_min_pages:
@@ -521,5 +541,8 @@ def user_mem_abort(vm: VM, slot: Memslot, ipa: int, level: int, pte: int) -> int
         c["faults_perm"] += 1
         return vm.pt._relax_perms_unchecked(ipa, _RW, FAULT_FLAGS)
     c["faults_perm_block" if pte else "faults_translation"] += 1
+    if not write:
+        c["faults_read"] += 1
     fipa = ipa & ~(size - 1)
-    return vm.pt._map_unchecked(fipa, size, slot.phys(fipa), _RW, mc, FAULT_FLAGS, False)
+    prot = _RW if write or not slot.logging else _R
+    return vm.pt._map_unchecked(fipa, size, slot.phys(fipa), prot, mc, FAULT_FLAGS, False)

@@ -21,6 +21,7 @@ from .flags import ALL_WALK_FLAGS, Prot, WalkFlags
 from .geometry import GRANULES, PA_RANGE_BITS, Geometry, geometry
 from .image import copy_table, export_image, open_exported, open_image
 from .translate import Translation, as_ipas, check_out, parse_access
+from .strategy import as_strategy, run_split
 from .variants import Strategy
 
 KNOWN_WALK_FLAGS = ALL_WALK_FLAGS
@@ -348,23 +349,21 @@ class Stage2PageTable(_PageTable):
     def split(self, ipa: int, size: int, memcache: MemCache, *, strategy: Any = None,
               flags: int = 0, max_level: Optional[int] = None) -> int:
         """kvm_pgtable_stage2_split() under a walker ``strategy``
-        (s2fast.Strategy, default KERNEL: today's walk). ``flags`` are OR-ed
+        (s2fast.Strategy or its name as compare() takes it, default KERNEL:
+        today's walk). ``flags`` are OR-ed
         into the strategy's walk flags; ``max_level`` overrides its maximum level."""
         ipa, size = checks.u64("ipa", ipa), checks.u64("size", size)
         mc = checks.memcache(memcache, allow_none=False)
-        strategy = Strategy.KERNEL if strategy is None else strategy
-        if not isinstance(strategy, Strategy):
-            raise TypeError(f"strategy must be an s2fast.Strategy, not {type(strategy).__name__} {strategy!r}")
+        strategy = Strategy.KERNEL if strategy is None else as_strategy(strategy)
         extra = checks.walk_flags(flags)
         # The kernel's split visitor treats every visit as a leaf: a table
         # visit would be split as if the table page were a block.
         table_visits = int(WalkFlags.TABLE_POST) | (0 if strategy.skip_return else int(WalkFlags.TABLE_PRE))
-        if extra & table_visits:
+        if extra & table_visits and getattr(strategy, "split_visitor", None) is None:
             raise ValueError(f"split flags {extra:#x} ask for table visits, which {strategy.name}'s "
                              "split visitor would treat as blocks")
-        walk_flags = strategy.flags | extra
-        level = strategy.max_level if max_level is None else self._max_level(max_level)
-        return self._core.split(ipa, size, mc, walk_flags, level, strategy.skip_return)
+        level = None if max_level is None else self._max_level(max_level)
+        return self._split_unchecked(ipa, size, mc, strategy, extra, level)
 
     def flush(self, ipa: int, size: int) -> int:
         """kvm_pgtable_stage2_flush()."""
@@ -413,9 +412,14 @@ class Stage2PageTable(_PageTable):
     def _relax_perms_unchecked(self, ipa: int, prot: int, flags: int) -> int:
         return self._core.relax_perms(ipa, prot, flags)
 
-    def _split_unchecked(self, ipa: int, size: int, mc: MemCache, flags: int, max_level: int,
-                         skip_return: bool) -> int:
-        return self._core.split(ipa, size, mc, flags, max_level, skip_return)
+    def _split_unchecked(self, ipa: int, size: int, mc: MemCache, strategy: Any, extra_flags: int = 0,
+                         max_level: Optional[int] = None) -> int:
+        return run_split(self._core, self.geometry.page_shift, strategy, ipa, size, mc, extra_flags, max_level)
+
+    def _cost_counts(self) -> tuple[int, int]:
+        """(entries written, cmpxchg attempts): the engine's counts the cost
+        model prices besides Stats (s2fast.cost)."""
+        return self._core.cost_counts()
 
 
 def pte_prot(pte: int) -> Prot:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Union
 
-from .comparison import Comparison, compare
+from .comparison import Comparison, _strategies, compare
+from .cost.model import load_profile, pct_change
+from .memory import check_memory
 from .sizes import GiB, MiB
 from .workload import Workload
 
@@ -67,6 +69,7 @@ class PresetResult:
     def rows(self) -> list[dict[str, Any]]:
         en = {r["strategy"]: r for r in self.enable.rows()}
         cl = {r["strategy"]: r for r in self.clear.rows()}
+        pe, pc = self.enable.predicted(), self.clear.predicted()
         out = []
         for name in en:
             e, c = en[name], cl[name]
@@ -80,19 +83,44 @@ class PresetResult:
                         "enable_wall_s": e["wall_s"],
                         "clear_entries_read": c["entries_read"], "clear_reduction_pct": c["reduction_pct"],
                         "clear_wall_s": c["wall_s"],
+                        # the measured phases: enable, and every CLEAR pass (not the guest's writes)
+                        "enable_predicted_s": pe[name]["phases"]["enable"],
+                        "enable_predicted_pct_change": _pct(pe, name, ("enable",)),
+                        "clear_predicted_s": _phase_sum(pc, name, _clears(pc)),
+                        "clear_predicted_pct_change": _pct(pc, name, _clears(pc)),
                         "identical": e["identical"] and c["identical"],
                         "outcome": "; ".join(outcome) if outcome else "identical"})
         return out
 
+    def to_pandas(self) -> Any:
+        """One row per (measurement, strategy, phase): s2fast.results.preset_records (needs pandas)."""
+        from .results import preset_frame
+        return preset_frame(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset.name, "description": self.preset.description,
+                "profile": self.enable.to_dict()["profile"],
                 "enable": self.enable.to_dict(), "clear": self.clear.to_dict(), "rows": self.rows()}
 
 
+def _clears(pred: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    return tuple(n for n in pred["KERNEL"]["phases"] if n.startswith("clear "))
+
+
+def _phase_sum(pred: dict[str, dict[str, Any]], name: str, phases: tuple[str, ...]) -> float:
+    return sum(pred[name]["phases"][p] for p in phases)
+
+
+def _pct(pred: dict[str, dict[str, Any]], name: str, phases: tuple[str, ...]) -> float:
+    return pct_change(_phase_sum(pred, name, phases), _phase_sum(pred, "KERNEL", phases))
+
+
 def run_preset(preset: Union[str, Preset], strategies: Optional[Iterable[Any]] = None, *,
-               progress: Optional[Callable[[float, str], None]] = None, **overrides: Any) -> PresetResult:
+               progress: Optional[Callable[[float, str], None]] = None, profile: Any = None,
+               **overrides: Any) -> PresetResult:
     """Run a preset's two measurements under each strategy. ``overrides``
-    may change chunk, passes, writes, pattern or seed."""
+    may change chunk, passes, writes, pattern or seed; ``profile`` prices
+    the counts (s2fast.cost; None: generic)."""
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"preset {preset!r} is not one of {', '.join(PRESETS)}")
@@ -103,6 +131,9 @@ def run_preset(preset: Union[str, Preset], strategies: Optional[Iterable[Any]] =
     if bad:
         raise TypeError(f"run_preset() got unexpected overrides {sorted(bad)}")
     half = (lambda lo: (lambda f, n: progress(lo + f / 2, n))) if progress else (lambda lo: None)
-    enable = compare(preset.enable_workload(**overrides), strategies, progress=half(0.0))
-    clear = compare(preset.clear_workload(**overrides), strategies, progress=half(0.5))
+    check_memory([preset.enable_workload(**overrides), preset.clear_workload(**overrides)],
+                 len(_strategies(strategies)))
+    profile = load_profile(profile)
+    enable = compare(preset.enable_workload(**overrides), strategies, progress=half(0.0), profile=profile)
+    clear = compare(preset.clear_workload(**overrides), strategies, progress=half(0.5), profile=profile)
     return PresetResult(preset, enable, clear)

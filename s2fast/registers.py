@@ -109,3 +109,13 @@ def decode_vttbr(vttbr: int, v: Vtcr) -> int:
         # Bits 5:2 are BADDR[51:48], so the root is at least 64-byte aligned.
         root = (root & ~0x3F) | ((vttbr >> 2) & 0xF) << 48
     return root
+
+
+def vttbr_ignored_bits(vttbr: int, v: Vtcr) -> int:
+    """The BADDR bits of VTTBR_EL2 that decode_vttbr() ignored because they
+    are below the root table's alignment (0 for a well-formed register)."""
+    vttbr = u64("vttbr", vttbr)
+    baddr = vttbr & OA_MASK & ~1
+    if v.ps_bits == 52:
+        baddr = (baddr & ~0x3C) | ((vttbr >> 2) & 0xF) << 48
+    return baddr & ~decode_vttbr(vttbr, v)

@@ -51,6 +51,7 @@ class Translation:
     fault: Fault
     fault_level: int
     fsc: int
+    af_updated: bool = False   # VTCR.HA: AF was clear in memory and this access set it (``desc`` has it)
 
     @classmethod
     def from_row(cls, row: np.void) -> "Translation":
@@ -66,7 +67,8 @@ class Translation:
             perms = ("R" if self.readable else "-") + ("W" if self.writable else "-")
             x = ",".join(el for el, on in (("el1", self.exec_el1), ("el0", self.exec_el0)) if on)
             return (f"IPA {self.ipa:#x} -> PA {self.pa:#x} (level {self.level}, "
-                    f"{self.block_size:#x} bytes, {perms} X:{x or 'none'})")
+                    f"{self.block_size:#x} bytes, {perms} X:{x or 'none'}"
+                    f"{', AF set by the walk' if self.af_updated else ''})")
         return (f"IPA {self.ipa:#x}: {self.fault.name.lower().replace('_', ' ')} fault at level "
                 f"{self.fault_level} (FSC {self.fsc:#04x}, descriptor {self.desc:#x})")
 

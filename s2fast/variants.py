@@ -22,6 +22,8 @@ from .geometry import entry_sizes, level_shift
 from .sizes import GiB, format_size
 
 LAST_LEVEL = 3
+#: diff_tables() compares final tables a window of this many bytes of IPA at a time
+DIFF_WINDOW = 1 * GiB
 
 
 class Strategy(enum.Enum):
@@ -53,6 +55,14 @@ class Strategy(enum.Enum):
     @property
     def skip_return(self) -> bool:
         return self.value[2]
+
+    @staticmethod
+    def custom(name: str, flags: int = int(WalkFlags.LEAF), max_level: int = LAST_LEVEL, *,
+               skip_return: bool = False, split_visitor: Any = None) -> Any:
+        """Your own strategy, accepted wherever a Strategy is (an
+        s2fast.CustomStrategy: see s2fast/strategy.py)."""
+        from .strategy import CustomStrategy
+        return CustomStrategy(name, flags, max_level, skip_return, split_visitor)
 
 
 _STRATEGY_ALIASES = {"SKIP_NEW_TABLE": "SKIP_LEVEL_NEW_TABLE", "SNT": "SKIP_LEVEL_NEW_TABLE"}
@@ -252,15 +262,19 @@ def _by_level(levels: np.ndarray) -> dict[int, int]:
     return {int(lv): int(n) for lv, n in zip(*np.unique(levels, return_counts=True))}
 
 
-def diff_tables(kernel: Any, other: Any, *, window: int = 16 * GiB) -> TableDiff:
+def diff_tables(kernel: Any, other: Any, *, window: int = DIFF_WINDOW) -> TableDiff:
     """Compare two final tables leaf by leaf (IPA, level, descriptor), a
-    window at a time so that a 512 GiB guest never needs all its leaves in
-    memory at once. Walks both tables (their stats change)."""
+    window at a time so that the leaves held at once stay small (a 1 GiB
+    window of pages is 256 Ki leaves; s2fast.memory counts them). A window
+    is a multiple of the largest block, so no leaf straddles two. Walks both
+    tables (their stats change)."""
     if kernel.granule != other.granule or kernel.ia_bits != other.ia_bits:
         raise ValueError(f"tables differ in geometry: {kernel!r} vs {other!r}")
     window = integer("window", window, 1)
-    if window % kernel.geometry.level_size(kernel.start_level):
-        raise ValueError(f"window {window:#x} is not a multiple of a level-{kernel.start_level} entry")
+    g = kernel.geometry
+    block_level = max(g.min_block_level, g.start_level)
+    if window % g.level_size(block_level):
+        raise ValueError(f"window {window:#x} is not a multiple of a level-{block_level} block")
     da, db = kernel.descriptors, other.descriptors
     if da.shape == db.shape and np.array_equal(da, db):
         return TableDiff(True)
@@ -268,9 +282,15 @@ def diff_tables(kernel: Any, other: Any, *, window: int = 16 * GiB) -> TableDiff
     granule = kernel.granule
     counts: dict[str, dict[int, int]] = {k: {} for k in ("unsplit", "kernel_unsplit", "unmapped", "extra")}
     changed = 0
-    for lo in range(0, 1 << kernel.ia_bits, window):
-        a = _window_leaves(kernel, lo, window)
-        b = _window_leaves(other, lo, window)
+    # Only windows under a root entry that either table uses.
+    span = g.level_size(g.start_level)
+    roots = da[: g.pgd_pages * g.ptrs_per_table] | db[: g.pgd_pages * g.ptrs_per_table]
+    windows = sorted({w for i in np.flatnonzero(roots).tolist()
+                      for w in range(i * span // window * window, (i + 1) * span, window)})
+    top = 1 << kernel.ia_bits
+    for lo in windows:
+        a = _window_leaves(kernel, lo, min(window, top - lo))
+        b = _window_leaves(other, lo, min(window, top - lo))
         if len(a) == len(b) and np.array_equal(a, b):
             continue
         in_b, in_a = _matched(a, b)

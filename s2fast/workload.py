@@ -20,7 +20,8 @@ from .hostrules import _HOSTS, check_chunk, host_rules
 from .memslot import Backing
 from .mmu import DEFAULT_BASE, VM
 from .sizes import GiB, format_size, parse_size
-from .variants import Strategy, parse_strategy
+from .strategy import AnyStrategy, as_strategy
+from .variants import Strategy
 
 # ---------------------------------------------------------------------------
 # Access patterns
@@ -75,13 +76,16 @@ def pattern_pages(pattern: str, round_no: int, n: int, total_pages: int, seed: i
 
 def summarize(counts: Mapping[str, int]) -> dict[str, int]:
     """The headline costs of a count dict: entries read, callbacks, TLBIs
-    (pgtable.c's and mmu.c's), CMOs, table pages allocated."""
+    (pgtable.c's and mmu.c's), CMOs (calls of the mm_ops cache-maintenance
+    hooks, and the maintenance those calls do: none for dcache on FWB),
+    table pages allocated."""
     return {
         "entries_read": counts["entries_read"],
         "callbacks": counts["callbacks_leaf"] + counts["callbacks_table_pre"] + counts["callbacks_table_post"],
         "tlbis": (counts["tlbi_vmid_ipa"] + counts["tlbi_vmid_ipa_nsh"] + counts["tlbi_vmid_range"]
                   + counts["tlbi_vmid"] + counts["mmu_tlbi_vmid"] + counts["mmu_tlbi_vmid_range"]),
         "cmos": counts["cmo_calls"],
+        "cmos_done": counts["cmo_done"],
         "pages_alloc": counts["pages_alloc"],
     }
 
@@ -104,7 +108,7 @@ class RunResult:
     """One workload under one strategy. ``phases`` excludes the build,
     which is the same under every strategy (``build``)."""
 
-    strategy: Strategy
+    strategy: AnyStrategy
     build: Phase
     phases: list[Phase]
     vm: Optional[VM] = field(default=None, repr=False)
@@ -227,12 +231,19 @@ class Workload:
     def describe(self) -> str:
         mode = "initially-all-set" if self.initially_set else "not initially-all-set"
         chunk = format_size(self.chunk) if self.chunk else "off"
-        when = "between passes" if self.initially_set else "before each pass"
         host = "" if self.granule == 4096 else f" ({format_size(self.granule)} pages)"
         return (f"{format_size(self.guest_size)} guest{host} at {self.base:#x}, backing {self.backing}, "
                 f"eager-split chunk {chunk}, {mode}, {self.passes} CLEAR pass"
-                f"{'es' if self.passes != 1 else ''}, {self.writes} {self.pattern} page writes {when}, "
-                f"seed {self.seed}")
+                f"{'es' if self.passes != 1 else ''}, {self.writes_text()}, seed {self.seed}")
+
+    def writes_text(self) -> str:
+        """The guest writes the run makes: '16384 random page writes between
+        passes', or 'no guest writes' when no round has any."""
+        rounds = sum(1 for n in self.phase_names() if n.startswith("writes"))
+        if not rounds:
+            return "no guest writes"
+        when = "between passes" if self.initially_set else "before each pass"
+        return f"{self.writes} {self.pattern} page writes {when}"
 
     def phase_names(self) -> list[str]:
         names = ["enable"]
@@ -252,7 +263,7 @@ class Workload:
             progress: Optional[Callable[[float, str], None]] = None) -> RunResult:
         """Build the guest and run every phase under ``strategy``.
         ``progress(fraction, phase)`` is called as the run advances."""
-        strategy = parse_strategy(strategy)
+        strategy = as_strategy(strategy)
         names = self.phase_names()
         report = progress or (lambda f, n: None)
         t0 = time.perf_counter()

@@ -268,10 +268,16 @@ def test_create_unlinked_force_pte_must_be_bool(value):
                      "force_pte", value, TypeError)
 
 
-@pytest.mark.parametrize("value", ["KERNEL", 0, None.__class__], ids=["str", "int", "type"])
+@pytest.mark.parametrize("value", [b"KERNEL", 0, None.__class__], ids=["bytes", "int", "type"])
 def test_split_strategy_of_wrong_type_rejected(value):
     _expect_rejected(lambda pt, mc, v: pt.split(0x40200000, 0x1000, mc, strategy=v), "strategy", value,
                      TypeError)
+
+
+def test_split_strategy_of_unknown_name_rejected():
+    # a name is accepted as compare() accepts it (issue 11); an unknown one is not
+    _expect_rejected(lambda pt, mc, v: pt.split(0x40200000, 0x1000, mc, strategy=v), "strategy", "FASTEST",
+                     ValueError)
 
 
 def test_set_owner_beyond_u8_rejected():

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -69,7 +70,7 @@ def test_unsplit_blocks_show_in_the_table():
                         "--strategies", "SKIP_NEW_TABLE", "--no-progress"])
     assert code == 0
     row = next(l for l in out.splitlines() if l.startswith("SKIP_LEVEL_NEW_TABLE"))
-    assert row.endswith("differs: 4 x 2 MiB unsplit")
+    assert row.endswith("UNSAFE*: 4 x 2 MiB unsplit")
 
 
 def test_preset_shows_unsplit_blocks_and_reductions():
@@ -79,11 +80,15 @@ def test_preset_shows_unsplit_blocks_and_reductions():
     lines = out.splitlines()
     assert lines[0] == ("s2fast compare --preset rfc-16g-hugetlb: 16 GiB memslot, 1 GiB blocks (hugetlb); "
                         "eager-split chunk 2 MiB")
+    # The enable table comes first; find its reduction column by its header.
+    header = next(l for l in lines if l.startswith("strategy"))
+    col = re.split(r"\s{2,}", header.strip()).index("reduction")
     kernel = next(l for l in lines if l.startswith("KERNEL"))
     snt = next(l for l in lines if l.startswith("SKIP_LEVEL_NEW_TABLE"))
-    assert kernel.split()[2] == "0.0%" and kernel.endswith("identical")
-    assert snt.endswith("enable: differs: 16 x 2 MiB unsplit")
-    assert float(snt.split()[2].rstrip("%")) > 40
+    assert kernel.split()[col] == "0.0%" and kernel.endswith("identical")
+    assert snt.endswith("UNSAFE*: 16 x 2 MiB unsplit")
+    assert float(snt.split()[col].rstrip("%")) > 40
+    assert any(l.startswith("* UNSAFE: SKIP_LEVEL_NEW_TABLE (enable)") for l in lines)
 
 
 def test_presets_command_lists_them():
@@ -181,7 +186,7 @@ def test_compare_granule_64k():
     rows = [l for l in lines if l.split() and l.split()[0] in Strategy.__members__]
     assert [r.split()[0] for r in rows] == [s.name for s in Strategy]
     assert all(r.endswith("identical") for r in rows)
-    assert all(r.split()[5] == "4" for r in rows)           # pages alloc: one per 512 MiB block
+    assert all(r.split()[6] == "4" for r in rows)           # pages alloc: one per 512 MiB block
     code, out, _ = run(argv + ["--json", "--strategies", "SKIP_LEVEL"])
     d = json.loads(out)
     assert d["workload"]["granule"] == 65536 and d["workload"]["chunk"] == 512 << 20

@@ -49,7 +49,7 @@ def as_dict(r) -> dict:
     out = {}
     for f in FIELDS:
         v = r[f]
-        out[f] = bool(v) if f in ("ok", "readable", "writable", "exec_el1", "exec_el0") else int(v)
+        out[f] = bool(v) if f in ("ok", "readable", "writable", "exec_el1", "exec_el0", "af_updated") else int(v)
     return out
 
 
@@ -71,7 +71,8 @@ def fault_row(ipa: int, kind: int, level: int, desc: int = 0, *, pa: int = 0, si
            EXTERNAL: 0x14}[kind] + level
     r, w, x1, x0 = perms
     return dict(ipa=ipa, ok=False, pa=pa, level=level, block_size=size, desc=desc, readable=r,
-                writable=w, exec_el1=x1, exec_el0=x0, fault=kind, fault_level=level, fsc=fsc)
+                writable=w, exec_el1=x1, exec_el0=x0, fault=kind, fault_level=level, fsc=fsc,
+                af_updated=False)
 
 
 # XN[1:0] -> (exec at EL1, exec at EL0), with and without FEAT_XNX (ARM ARM
@@ -84,8 +85,8 @@ XN_EXEC = {
 
 def leaf_row(ipa: int, level: int, size: int, oa: int, desc: int, access: str, xnx: bool,
              ha: bool) -> dict:
-    """The row for a leaf reached at ``level``: success, or AF fault, or
-    permission fault, in that priority order."""
+    """The row for a leaf reached at ``level``: AF fault, or permission
+    fault, or success, in that priority order."""
     r, w = bool(desc & S2AP_R), bool(desc & S2AP_W)
     x1, x0 = XN_EXEC[xnx][(desc >> 53) & 3]
     pa = oa + (ipa & (size - 1))
@@ -94,8 +95,10 @@ def leaf_row(ipa: int, level: int, size: int, oa: int, desc: int, access: str, x
     allowed = {"read": r, "write": w, "exec_el1": x1, "exec_el0": x0}[access]
     if not allowed:
         return fault_row(ipa, PERMISSION, level, desc, pa=pa, size=size, perms=(r, w, x1, x0))
-    return dict(ipa=ipa, ok=True, pa=pa, level=level, block_size=size, desc=desc, readable=r,
-                writable=w, exec_el1=x1, exec_el0=x0, fault=NONE, fault_level=-1, fsc=0xFF)
+    # With HA, the access sets AF and the walk reports the updated descriptor.
+    return dict(ipa=ipa, ok=True, pa=pa, level=level, block_size=size, desc=desc | AF, readable=r,
+                writable=w, exec_el1=x1, exec_el0=x0, fault=NONE, fault_level=-1, fsc=0xFF,
+                af_updated=not desc & AF)
 
 
 def check_rows(got: dict, want: dict, what: str) -> None:
@@ -301,7 +304,7 @@ def test_image_fault_matrix_row_values_spot_check():
     r = as_dict(pt.translate(ipa, "read"))
     assert r == dict(ipa=ipa, ok=True, pa=0x12_3456_79AB, level=3, block_size=4096,
                      desc=0x0040_0012_3456_777F, readable=True, writable=False, exec_el1=False,
-                     exec_el0=False, fault=0, fault_level=-1, fsc=0xFF)
+                     exec_el0=False, fault=0, fault_level=-1, fsc=0xFF, af_updated=False)
     w = as_dict(pt.translate(ipa, "write"))
     assert (w["ok"], w["fault"], w["fault_level"], w["fsc"], w["pa"]) == (False, 4, 3, 0x0F, 0x12_3456_79AB)
     x = as_dict(pt.translate(ipa, s2fast.Access.EXEC_EL0))
@@ -491,6 +494,27 @@ def test_ha_none_follows_vtcr_ha():
         assert r["fault"] == (NONE if ha_bit else ACCESS_FLAG)
         assert as_dict(pt.translate(ipa, "read", ha=True))["ok"]
         assert as_dict(pt.translate(ipa, "read", ha=False))["fsc"] == 0x0B
+
+
+def test_ha_reports_the_descriptor_with_af_set():
+    """With VTCR.HA the MMU sets AF in the descriptor it uses: a successful
+    access to an AF-clear leaf reports desc | AF and af_updated; a faulting
+    one (permission) writes nothing; memory is left as it was."""
+    b = ImageBuilder(4096, 36, ha=True)
+    ipa = 0x1000_0000
+    leaf = b.leaf_desc(3, 0x5000_0000, NORMAL | S2AP_R)      # AF clear, read-only
+    b.put(ipa, 3, leaf)
+    pt = Stage2PageTable.from_image(PhysMem.from_array(b.words, b.base_pa), vttbr=b.vttbr, vtcr=b.vtcr)
+    r = as_dict(pt.translate(ipa, "read"))
+    assert r["ok"] and r["af_updated"] and r["desc"] == leaf | AF
+    w = as_dict(pt.translate(ipa, "write"))
+    assert w["fault"] == PERMISSION and not w["af_updated"] and w["desc"] == leaf
+    rows = pt.translate_batch([ipa, ipa + 8], "read")
+    assert rows["af_updated"].all() and (rows["desc"] == leaf | AF).all()
+    assert pt.get_leaf(ipa)[1] == leaf                        # memory unchanged
+    off = as_dict(pt.translate(ipa, "read", ha=False))
+    assert off["fault"] == ACCESS_FLAG and not off["af_updated"] and off["desc"] == leaf
+    assert "AF set by the walk" in str(pt.translate(ipa, "read"))
 
 
 # -- geometry: every T0SZ and SL0 ---------------------------------------------------

@@ -407,8 +407,10 @@ def test_compare_outcomes_identical():
 
 def test_split_rejects_bad_strategy_and_max_level():
     pt = blocks_guest(1)
-    with pytest.raises(TypeError, match="KERNEL"):
-        pt.split(0, GiB, MemCache(1), strategy="KERNEL")
+    with pytest.raises(ValueError, match="'FASTEST' is not one of KERNEL"):
+        pt.split(0, GiB, MemCache(1), strategy="FASTEST")
+    with pytest.raises(TypeError, match="strategy must be"):
+        pt.split(0, GiB, MemCache(1), strategy=3)
     with pytest.raises(ValueError, match="max_level 7"):
         pt.split(0, GiB, MemCache(1), max_level=7)
     with pytest.raises(ValueError, match="max_level 0"):

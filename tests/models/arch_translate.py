@@ -30,6 +30,10 @@ What is modelled (ARM ARM, stage-2 translation with VTCR_EL2/VTTBR_EL2):
   granule has none), then address size (next table or output address at or
   above the PA size), then access flag (AF clear without hardware AF update),
   then permission (S2AP, XN).
+* Hardware access-flag update (VTCR.HA): an access that does not fault on an
+  AF-clear leaf sets AF in the descriptor; the row's ``desc`` is the updated
+  descriptor and ``af_updated`` is True. A faulting access updates nothing
+  (the ASL checks permissions before AArch64.SetAccessFlag).
 * Permissions: S2AP[0] (bit 6) read, S2AP[1] (bit 7) write. XN[1:0] (bits
   54:53) with FEAT_XNX: 00 execute at EL1 and EL0, 01 at EL0 only, 10 at
   neither, 11 at EL1 only. Without FEAT_XNX only XN[1] counts: set means no
@@ -54,7 +58,7 @@ TG0_SHIFT = {0b00: 12, 0b01: 16, 0b10: 14}
 PS_BITS = (32, 36, 40, 42, 44, 48, 52)
 
 FIELDS = ("ipa", "ok", "pa", "level", "block_size", "desc", "readable", "writable", "exec_el1",
-          "exec_el0", "fault", "fault_level", "fsc")
+          "exec_el0", "fault", "fault_level", "fsc", "af_updated")
 
 
 def _mask(hi: int, lo: int) -> int:
@@ -158,7 +162,7 @@ def exec_perms(desc: int, xnx: bool) -> tuple[bool, bool]:
 def _row(ipa: int) -> dict:
     return dict(ipa=ipa, ok=False, pa=0, level=0, block_size=0, desc=0, readable=False,
                 writable=False, exec_el1=False, exec_el0=False, fault=NONE, fault_level=-1,
-                fsc=0xFF)
+                fsc=0xFF, af_updated=False)
 
 
 def _fault(row: dict, kind: int, level: int) -> dict:
@@ -236,6 +240,9 @@ def translate(read_u64: Callable[[int], int], ipa: int, access="read", *, vttbr:
                "exec_el0": row["exec_el0"]}[access]
     if not allowed:
         return _fault(row, PERMISSION, level)
+    if not desc & AF:
+        row["desc"] = desc | AF          # HA: the walk writes AF and uses the updated entry
+        row["af_updated"] = True
     row["ok"] = True
     return row
 

@@ -94,10 +94,6 @@ def arm64_hugetlb_sizes(granule: int) -> dict[int, str]:
     return out
 
 
-def _size_name(n: int) -> str:
-    return format_size(n).replace(" ", "")
-
-
 # ---------------------------------------------------------------------------
 # Options
 
@@ -157,7 +153,7 @@ class Options:
         """The selftest command line this run mirrors."""
         parts = ["./dirty_log_perf_test"]
         if self.vcpu_bytes != DEFAULT_VCPU_BYTES:
-            parts += ["-b", _size_name(self.vcpu_bytes).replace("iB", "")]
+            parts += ["-b", format_size(self.vcpu_bytes, compact=True)]
         if self.vcpus != 1:
             parts += ["-v", str(self.vcpus)]
         if self.backing_src != "anonymous":
@@ -225,7 +221,7 @@ def backing_page(src: str, granule: int) -> tuple[int, str]:
     size = _HUGETLB_SIZES[src.rsplit("_", 1)[1]]
     sizes = arm64_hugetlb_sizes(h.granule)
     if size not in sizes:
-        names = ", ".join(f"anonymous_hugetlb_{_size_name(s).lower().replace('ib', 'b')}" for s in sorted(sizes))
+        names = ", ".join(f"anonymous_hugetlb_{format_size(s, compact=True).lower()}b" for s in sorted(sizes))
         raise ValueError(f"backing src type {src}: a {h.describe()} has no {format_size(size)} huge pages "
                          f"(arm64 hugetlb sizes here: {names})")
     return size, sizes[size]

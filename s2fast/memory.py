@@ -40,6 +40,7 @@ from typing import Any, Iterable, Optional
 from .errors import InsufficientMemoryError
 from .geometry import geometry
 from .hostrules import host_rules
+from .mmu import _CLEAR_SEGMENT
 from .pgtable import DEFAULT_RESERVE
 from .sizes import GiB, MiB, format_size, parse_size
 from .variants import DIFF_WINDOW
@@ -49,9 +50,9 @@ ENV_LIMIT = "S2FAST_MEMORY_LIMIT"
 #: bytes per leaf of a diff window, per table: the collector's buffers (17 bytes a
 #: leaf, grown by doubling), its result, the keys and masks of the comparison
 DIFF_BYTES_PER_LEAF = 56
-#: bitmap words a CLEAR handles per batch (vm._CLEAR_SEGMENT), and the bytes each
+#: bitmap words a CLEAR handles per batch (s2fast.mmu), and the bytes each
 #: costs: arrays of the segment, two lists of Python ints
-CLEAR_SEGMENT_WORDS = 1 << 16
+CLEAR_SEGMENT_WORDS = _CLEAR_SEGMENT
 CLEAR_BYTES_PER_WORD = 8 * 5 + 2 * (32 + 8)
 #: bytes per guest write: its page index, its address, and the address as a
 #: Python int in a list

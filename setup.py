@@ -1,16 +1,19 @@
-"""Builds the Cython engine (s2fast._walk)."""
+"""Builds the Cython engine: one extension per s2fast/_*.pyx (see ARCHITECTURE.md)."""
+from pathlib import Path
+
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 extensions = [
     Extension(
-        "s2fast._walk",
-        ["s2fast/_walk.pyx"],
+        f"s2fast.{pyx.stem}",
+        [str(pyx)],
         include_dirs=[numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
     )
+    for pyx in sorted(Path("s2fast").glob("_*.pyx"))
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": 3}))

@@ -1,6 +1,7 @@
 """s2fast: an exact, fast simulator of the Linux KVM arm64 stage-2 page-table
 walker (arch/arm64/kvm/hyp/pgtable.c)."""
-from ._walk import BuiltinVisitor, CollectVisitor, CountVisitor, MemCache, VisitCtx
+from ._pool import MemCache
+from ._visitors import BuiltinVisitor, CollectVisitor, CountVisitor, VisitCtx
 from .describe import Descriptor, describe
 from .dump import DumpRun, dump_runs, format_dump
 from .errors import CorruptTableError, OutsideMemoryError, PhysMemReadError, ReadOnlyTableError

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
-from . import _walk
+from . import _core, _pool
 from .pgtable import _bool_arg as _bool
 from .pgtable import _u64 as _reg
 
@@ -206,7 +206,7 @@ def open_image(cls: type, physmem: Any, *, vttbr: Any, vtcr: Any, xnx: Any = Tru
     pt.geometry = Geometry(v.granule, v.ia_bits, v.start_level, v.pgd_pages, v.granule // 8, v.value)
     pt.fwb, pt.xnx, pt.tlb_range = fwb, xnx, False
     pt.physmem = physmem
-    core = _walk.Stage2Core.__new__(_walk.Stage2Core)
+    core = _core.Stage2Core.__new__(_core.Stage2Core)
     root_entries = 1 << (v.ia_bits - v.level_shift)
     segs, patched = engine_segments(segments, v, root, root_entries)
     core.init_image(v.page_shift, v.ia_bits, v.start_level, v.pgd_pages, root, fwb, xnx,
@@ -357,7 +357,7 @@ def export_image(pt: "Stage2PageTable", path: Union[str, os.PathLike]) -> dict:
         f.write(pool.astype("<u8", copy=False).tobytes())
     meta = {
         "format": IMAGE_FORMAT, "version": IMAGE_VERSION,
-        "base_pa": _walk.TABLE_PA_BASE, "root_pa": core.root_pa,
+        "base_pa": _pool.TABLE_PA_BASE, "root_pa": core.root_pa,
         "vttbr": core.root_pa, "vtcr": pt.vtcr, "granule": pt.granule,
         "size": int(pool.nbytes), "fwb": pt.fwb, "xnx": pt.xnx,
     }
@@ -405,7 +405,7 @@ def copy_table(pt: "Stage2PageTable", cls: type) -> "Stage2PageTable":
         if level < 3:
             idx = np.flatnonzero((page & np.uint64(3)) == np.uint64(3))
             rank = order[np.searchsorted(sorted_pas, table_oa(page[idx], g.granule))]
-            new = np.uint64(_walk.TABLE_PA_BASE) + rank.astype(np.uint64) * np.uint64(g.granule)
+            new = np.uint64(_pool.TABLE_PA_BASE) + rank.astype(np.uint64) * np.uint64(g.granule)
             page[idx] = (page[idx] & ~addr_bits) | new
     new_pt = cls(g.ia_bits, granule=g.granule, fwb=pt.fwb, xnx=pt.xnx, tlb_range=pt.tlb_range)
     new_pt._core.load_pages(out)

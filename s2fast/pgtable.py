@@ -8,8 +8,9 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
-from . import _walk
-from ._walk import BuiltinVisitor, MemCache
+from . import _core, _pgtable, _pool
+from ._pool import MemCache
+from ._visitors import BuiltinVisitor
 from .errors import CorruptTableError
 from .flags import ALL_WALK_FLAGS, PROT_ALL, Prot, WalkFlags
 
@@ -187,11 +188,11 @@ class Stage2PageTable:
                 raise TypeError(f"{name} must be a bool, not {type(v).__name__} {v!r}")
         self.geometry = g = geometry(int(ia_bits), granule)
         self.fwb, self.xnx, self.tlb_range = bool(fwb), bool(xnx), bool(tlb_range)
-        self._core = _walk.Stage2Core(g.page_shift, g.ia_bits, g.start_level, g.pgd_pages,
+        self._core = _core.Stage2Core(g.page_shift, g.ia_bits, g.start_level, g.pgd_pages,
                                       self.fwb, self.xnx, self.tlb_range, int(reserve_bytes),
                                       CorruptTableError)
         self.physmem: Any = None
-        self.vttbr = _walk.TABLE_PA_BASE      # the pool's root, VMID 0
+        self.vttbr = _pool.TABLE_PA_BASE      # the pool's root, VMID 0
 
     # -- tables outside the pool --------------------------------------------
 
@@ -353,7 +354,7 @@ class Stage2PageTable:
         page = _u64("page", page)
         if page >= self._core.n_pages:
             raise ValueError(f"page {page} is not in the pool ({self._core.n_pages} pages)")
-        return _walk.TABLE_PA_BASE + page * self.granule
+        return _pool.TABLE_PA_BASE + page * self.granule
 
     # -- the walker -----------------------------------------------------------
 
@@ -488,4 +489,4 @@ class Stage2PageTable:
 
 def pte_prot(pte: int) -> Prot:
     """kvm_pgtable_stage2_pte_prot()."""
-    return Prot(_walk.pte_prot(_u64("pte", pte)))
+    return Prot(_pgtable.pte_prot(_u64("pte", pte)))

@@ -42,8 +42,9 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
-from . import _walk
-from ._walk import CollectVisitor, MemCache
+from . import _pool
+from ._pool import MemCache
+from ._visitors import CollectVisitor
 from .flags import EAGAIN, ENOMEM, RW, WalkFlags
 from .pgtable import DEFAULT_RESERVE, GRANULES, Stage2PageTable, geometry
 from .variants import Strategy, _unsplit
@@ -71,7 +72,7 @@ DEFAULT_BASE = 1 * GiB
 _PTE_VALID = 1
 _PTE_TABLE = 2
 _S2AP_W = 1 << 7
-_TABLE_PA_BASE = _walk.TABLE_PA_BASE
+_TABLE_PA_BASE = _pool.TABLE_PA_BASE
 
 #: user_mem_abort() walks with these flags
 FAULT_FLAGS = int(WalkFlags.HANDLE_FAULT | WalkFlags.SHARED)

@@ -6,16 +6,15 @@ flag), releases the GIL around the C operations of _pgtable.pyx, and turns
 their internal results into exceptions. Input checks live in
 s2fast.Stage2PageTable."""
 
-from cpython.ref cimport Py_INCREF
 from libc.string cimport memset
 
 import numpy as np
 cimport numpy as cnp
 
-from ._types cimport (u64, s64, PT, MC, Walker, Counters, Geom, LAST_LEVEL, MM_POOL, ERR_NONE,
-                      ERR_CORRUPT, ERR_OUTSIDE, ERR_NOPOOL, S2_EROFS, VISITOR_RET_MIN, root_entries_in_ia)
+from ._types cimport (u64, s64, PT, MC, Walker, Counters, Geom, G4K, G16K, G64K, g_addr_mask, LAST_LEVEL, MM_POOL, ERR_NONE,
+                      ERR_CORRUPT, ERR_OUTSIDE, ERR_NOPOOL, S2_EROFS, VISITOR_RET_MIN)
 from ._walk cimport kvm_pgtable_walk, F_LEAF
-from ._mm cimport mm_table, mm_phys_to_virt, mm_virt_to_phys
+from ._mm cimport mm_table, mm_virt_to_phys
 from ._pool cimport (Pool, pool_attach, pool_descriptors, pool_refcounts, pool_load_pages, mc_ptr)
 from ._extmem cimport extmem_attach
 from ._events cimport counters_dict
@@ -25,9 +24,9 @@ from ._pgtable cimport (kvm_pgtable_get_leaf, kvm_pgtable_stage2_map, kvm_pgtabl
                         kvm_pgtable_stage2_test_clear_young, kvm_pgtable_stage2_flush,
                         kvm_pgtable_stage2_split, kvm_pgtable_stage2_create_unlinked,
                         kvm_pgtable_stage2_free_unlinked, kvm_pgtable_stage2_destroy)
-from ._visitors cimport BuiltinVisitor, PyVisit, VisitCtx, py_walker
+from ._visitors cimport BuiltinVisitor, PyVisit, bind_visitor
 from ._translate cimport translate_out, translate_ipas
-from ._ptdump cimport count_table_pages, collect_entries
+from ._ptdump cimport count_table_pages, collect_entries, table_view
 
 cnp.import_array()
 
@@ -44,13 +43,30 @@ cdef int set_geometry(PT *pt, int page_shift, int ia_bits, int start_level, u64 
     g.ia_bits = ia_bits
     g.pgd_pages = pgd_pages
     g.min_block_level = 1 if page_shift == 12 else 2
+    g.addr_mask = g_addr_mask(<G4K *>NULL) if page_shift == 12 else (
+        g_addr_mask(<G16K *>NULL) if page_shift == 14 else g_addr_mask(<G64K *>NULL))
     pt.fwb = fwb
     pt.xnx = xnx
     return 0
 
 
-cdef class Stage2Core:
-    """The C page table. Use s2fast.Stage2PageTable, which validates input."""
+cdef int raise_error(PT *pt, object corrupt_exc_type) except -1:
+    """Raise (and clear) the first error of the operation that just ended."""
+    kind = pt.err_kind
+    pt.err_kind = ERR_NONE
+    if kind == ERR_CORRUPT:
+        raise corrupt_exc_type(pt.err_ipa, pt.err_level, pt.err_desc)
+    if kind == ERR_OUTSIDE:
+        from .errors import OutsideMemoryError
+        raise OutsideMemoryError(pt.err_ipa, pt.err_level, pt.err_desc)
+    if kind == ERR_NOPOOL:
+        raise MemoryError(f"the descriptor pool reservation ({(<Pool *>pt.mm).reserved_bytes} bytes) is full")
+    return 0
+
+
+cdef class TableShell:
+    """A C page table's lifetime (geometry, the mm_ops backend), its busy
+    flag (one operation at a time) and the exceptions its operations end in."""
     cdef PT pt
     cdef bint busy
     cdef readonly object corrupt_exc_type
@@ -76,7 +92,6 @@ cdef class Stage2Core:
                    bint fwb, bint xnx, int ps_bits, bint ha, list segments, object corrupt_exc_type):
         """Tables in external memory (read-only). segments: (pa, uint8 array)
         pairs, sorted by PA and disjoint; the arrays are kept alive here."""
-        cdef u64 i, gsz = (<u64>1) << page_shift
         if page_shift not in (12, 14, 16) or not 25 <= ia_bits <= 48 or not 0 <= start_level <= 3 \
                 or not 1 <= pgd_pages <= 16 or ps_bits not in (32, 36, 40, 42, 44, 48, 52):
             raise ValueError("inconsistent page-table geometry")
@@ -91,10 +106,6 @@ cdef class Stage2Core:
             self._detach()      # a bad segment list: the core may be initialised again
             raise
         self._image_keep = list(segments)
-        # A root smaller than a page (few IPA bits) need only be that big.
-        self.pt.root_len = root_entries_in_ia(&self.pt.g)
-        for i in range(pgd_pages):
-            self.pt.pgd[i] = mm_phys_to_virt(&self.pt, root_pa + i * gsz, min(gsz, self.pt.root_len * 8))
         self.pt.has_pgd = True
 
     cdef void _detach(self) noexcept:
@@ -138,20 +149,24 @@ cdef class Stage2Core:
             raise exc
         if ret == S2_EROFS:
             self._check_writable()
-        kind = self.pt.err_kind
-        self.pt.err_kind = ERR_NONE
-        if kind == ERR_CORRUPT:
-            raise self.corrupt_exc_type(self.pt.err_ipa, self.pt.err_level, self.pt.err_desc)
-        if kind == ERR_OUTSIDE:
-            from .errors import OutsideMemoryError
-            raise OutsideMemoryError(self.pt.err_ipa, self.pt.err_level, self.pt.err_desc)
-        if kind == ERR_NOPOOL:
-            raise MemoryError(f"the descriptor pool reservation ({self._pool().reserved_bytes} bytes) is full")
+        if self.pt.err_kind != ERR_NONE:
+            raise_error(&self.pt, self.corrupt_exc_type)
         return ret
+
+    cdef int _hold(self) except -1:
+        # A view or translation: the table must not change while the GIL is released.
+        self._check_idle()
+        self.busy = True
+        return 0
 
     cdef Pool *_pool(self) noexcept:
         """The pool backend's state, or NULL for any other backend."""
-        return <Pool *>self.pt.mm if self.pt.mm_ops.kind == MM_POOL else NULL
+        return <Pool *>self.pt.mm if self.pt.mm_kind == MM_POOL else NULL
+
+
+
+cdef class Stage2Core(TableShell):
+    """The C page table. Use s2fast.Stage2PageTable, which validates input."""
 
     # -- state ------------------------------------------------------------
 
@@ -214,23 +229,7 @@ cdef class Stage2Core:
         """A read-only uint64 view of the table page at pa (pool or image),
         or None when no table page is there. entries (images only): read just
         that many entries, at 8-byte alignment (a root smaller than a page)."""
-        cdef u64 *t
-        cdef cnp.npy_intp dims[1]
-        if entries and not self.pt.mm_ops.writable:
-            if entries > self.pt.g.ptrs:
-                raise ValueError(f"entries {entries} is more than a table holds")
-            t = mm_phys_to_virt(&self.pt, pa, entries * 8)
-        else:
-            t = mm_table(&self.pt, pa)
-            entries = self.pt.g.ptrs
-        if t == NULL:
-            return None
-        dims[0] = <cnp.npy_intp>entries
-        arr = cnp.PyArray_SimpleNewFromData(1, dims, cnp.NPY_UINT64, <void *>t)
-        Py_INCREF(self)
-        cnp.PyArray_SetBaseObject(arr, self)
-        arr.flags.writeable = False
-        return arr
+        return table_view(&self.pt, pa, entries, self)
 
     # -- whole-table views (no walker, no counters) -----------------------
 
@@ -242,9 +241,7 @@ cdef class Stage2Core:
     def entries(self, bint valid, bint skip_unreadable=False):
         """Every valid leaf (valid=True) or every non-zero invalid entry
         (valid=False), in IPA order, as a structured array."""
-        self._check_idle()
-        # busy: no other thread may change the table while the GIL is released
-        self.busy = True
+        self._hold()
         try:
             return collect_entries(&self.pt, valid, skip_unreadable)
         finally:
@@ -254,15 +251,13 @@ cdef class Stage2Core:
         """Architectural stage-2 translation of every IPA: a TRANSLATE_DTYPE
         array, written into ``out`` when given."""
         cdef Py_ssize_t n = ipas.shape[0]
-        if not 0 <= access <= 3:
-            raise ValueError(f"access {access} is outside 0..3")
-        out = translate_out(n, out)
+        out = translate_out(n, access, out)
         if n == 0:
             return out
-        self._check_idle()
         if not self.pt.has_pgd:
+            self._check_idle()
             raise ValueError("this page table has been destroyed")
-        self.busy = True
+        self._hold()
         try:
             translate_ipas(&self.pt, access, ha, xnx, &ipas[0], out, n)
         finally:
@@ -274,34 +269,18 @@ cdef class Stage2Core:
     def walk(self, u64 addr, u64 size, object visitor, int flags, object arg=None, int max_level=3):
         cdef Walker w
         cdef int ret
-        cdef PyVisit pv = None
         cdef BuiltinVisitor bv
         if not -1 <= max_level <= LAST_LEVEL:
             raise ValueError(f"max_level {max_level} is outside -1..3")
         w.flags = flags
         w.max_level = max_level
-        if not isinstance(visitor, BuiltinVisitor):
-            pv = PyVisit()
-            pv.fn = visitor
-            pv.ctx = VisitCtx()
-            pv.ctx.pt = &self.pt
-            pv.ctx._arg = arg
-            w.cb = py_walker
-            w.run = NULL
-            w.arg = <void *>pv
-            self._enter()
+        pv = bind_visitor(visitor, arg, &self.pt, &w)
+        self._enter()
+        if pv is not None:
+            # A Python visitor: the walk holds the GIL for its calls.
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
             return self._leave(ret, pv)
         bv = <BuiltinVisitor>visitor
-        if bv.cb == NULL:
-            raise TypeError(f"{type(visitor).__name__} is not a usable built-in visitor; "
-                            "use CountVisitor or CollectVisitor")
-        if bv.in_use:
-            raise RuntimeError(f"this {type(visitor).__name__} is already in a walk")
-        w.cb = bv.cb
-        w.run = bv.run
-        w.arg = bv.arg_ptr
-        self._enter()
         bv.in_use = True
         with nogil:
             ret = kvm_pgtable_walk(&self.pt, addr, size, &w)
@@ -322,45 +301,39 @@ cdef class Stage2Core:
         cdef MC *mc = mc_ptr(memcache)
         cdef int ret
         self._enter()       # the operation checks its arguments, then writability
-        with nogil:
-            ret = kvm_pgtable_stage2_map(&self.pt, addr, size, phys, prot, mc, flags, force_pte)
+        with nogil: ret = kvm_pgtable_stage2_map(&self.pt, addr, size, phys, prot, mc, flags, force_pte)
         return self._leave(ret)
 
     def set_owner(self, u64 addr, u64 size, object memcache, u64 owner_id):
         cdef MC *mc = mc_ptr(memcache)
         cdef int ret
         self._enter()       # the operation checks its arguments, then writability
-        with nogil:
-            ret = kvm_pgtable_stage2_set_owner(&self.pt, addr, size, mc, owner_id)
+        with nogil: ret = kvm_pgtable_stage2_set_owner(&self.pt, addr, size, mc, owner_id)
         return self._leave(ret)
 
     def unmap(self, u64 addr, u64 size):
         cdef int ret
         self._enter_write()
-        with nogil:
-            ret = kvm_pgtable_stage2_unmap(&self.pt, addr, size)
+        with nogil: ret = kvm_pgtable_stage2_unmap(&self.pt, addr, size)
         return self._leave(ret)
 
     def wrprotect(self, u64 addr, u64 size):
         cdef int ret
         self._enter_write()
-        with nogil:
-            ret = kvm_pgtable_stage2_wrprotect(&self.pt, addr, size)
+        with nogil: ret = kvm_pgtable_stage2_wrprotect(&self.pt, addr, size)
         return self._leave(ret)
 
     def mkyoung(self, u64 addr, int flags):
         cdef int ret
         self._enter_write()
-        with nogil:
-            ret = kvm_pgtable_stage2_mkyoung(&self.pt, addr, flags)
+        with nogil: ret = kvm_pgtable_stage2_mkyoung(&self.pt, addr, flags)
         self._leave(ret)
         return None
 
     def relax_perms(self, u64 addr, u64 prot, int flags):
         cdef int ret
         self._enter()       # the operation checks its arguments, then writability
-        with nogil:
-            ret = kvm_pgtable_stage2_relax_perms(&self.pt, addr, prot, flags)
+        with nogil: ret = kvm_pgtable_stage2_relax_perms(&self.pt, addr, prot, flags)
         return self._leave(ret)
 
     def test_clear_young(self, u64 addr, u64 size, bint mkold):
@@ -370,8 +343,7 @@ cdef class Stage2Core:
             self._enter_write()
         else:
             self._enter()
-        with nogil:
-            ret = kvm_pgtable_stage2_test_clear_young(&self.pt, addr, size, mkold, &young)
+        with nogil: ret = kvm_pgtable_stage2_test_clear_young(&self.pt, addr, size, mkold, &young)
         self._leave(ret)
         return bool(young)
 
@@ -380,8 +352,7 @@ cdef class Stage2Core:
         if self.pt.fwb:
             return 0
         self._enter()
-        with nogil:
-            ret = kvm_pgtable_stage2_flush(&self.pt, addr, size)
+        with nogil: ret = kvm_pgtable_stage2_flush(&self.pt, addr, size)
         return self._leave(ret)
 
     def split(self, u64 addr, u64 size, object memcache, int flags=F_LEAF, int max_level=3,
@@ -395,8 +366,7 @@ cdef class Stage2Core:
             raise ValueError(f"max_level {max_level} is outside -1..3")
         cdef MC *mc = mc_ptr(memcache)
         self._enter_write()
-        with nogil:
-            ret = kvm_pgtable_stage2_split(&self.pt, addr, size, mc, flags, max_level, skip_return)
+        with nogil: ret = kvm_pgtable_stage2_split(&self.pt, addr, size, mc, flags, max_level, skip_return)
         return self._leave(ret)
 
     def create_unlinked(self, u64 phys, int level, u64 prot, object memcache, bint force_pte):

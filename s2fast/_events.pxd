@@ -3,7 +3,7 @@
 # does it (a WARN, a TLBI, a CMO). Inline, for the visitors' hot paths; the
 # module body turns the counters into Python.
 
-from ._types cimport u64, s64, PT, Counters, LOG_MAX
+from ._types cimport u64, s64, cnt_t, PT, Counters, LogRec, LOG_MAX
 
 # TLBI log kinds, CMO log kinds.
 cdef enum:
@@ -34,13 +34,17 @@ cdef inline void warn(PT *pt, int site) noexcept nogil:
         pt.c.warn_log[pt.c.warn_log_n] = site
         pt.c.warn_log_n += 1
 
+cdef inline void log_event(LogRec *log, int *n, cnt_t *total, int kind, u64 a, s64 b) noexcept nogil:
+    # Count an event and keep it in its log while the log has room.
+    total[0] += 1
+    if n[0] < LOG_MAX:
+        log[n[0]].kind = kind
+        log[n[0]].a = a
+        log[n[0]].b = b
+        n[0] += 1
+
 cdef inline void log_tlbi(Counters *c, int kind, u64 a, s64 b) noexcept nogil:
-    c.tlbi_log_total += 1
-    if c.tlbi_log_n < LOG_MAX:
-        c.tlbi_log[c.tlbi_log_n].kind = kind
-        c.tlbi_log[c.tlbi_log_n].a = a
-        c.tlbi_log[c.tlbi_log_n].b = b
-        c.tlbi_log_n += 1
+    log_event(c.tlbi_log, &c.tlbi_log_n, &c.tlbi_log_total, kind, a, b)
 
 cdef inline void tlbi_vmid_ipa(PT *pt, u64 addr, s64 level) noexcept nogil:
     # __kvm_tlb_flush_vmid_ipa()
@@ -59,12 +63,7 @@ cdef inline void kvm_tlb_flush_vmid_range(PT *pt, u64 addr, u64 size) noexcept n
     tlb_flush_vmid_range(&pt.c, pt.tlb_range, pt.g.page_shift, addr, size)
 
 cdef inline void log_cmo(Counters *c, int kind, u64 pa, u64 nbytes) noexcept nogil:
-    c.cmo_log_total += 1
-    if c.cmo_log_n < LOG_MAX:
-        c.cmo_log[c.cmo_log_n].kind = kind
-        c.cmo_log[c.cmo_log_n].pa = pa
-        c.cmo_log[c.cmo_log_n].nbytes = nbytes
-        c.cmo_log_n += 1
+    log_event(c.cmo_log, &c.cmo_log_n, &c.cmo_log_total, kind, pa, <s64>nbytes)
 
 cdef inline void dcache_clean_inval_poc(PT *pt, u64 pa, u64 nbytes) noexcept nogil:
     pt.c.dcache_calls += 1

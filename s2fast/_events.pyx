@@ -92,6 +92,6 @@ cdef dict counters_dict(const Counters *c, u64 pages_live):
                       None if c.tlbi_log[i].b == LEVEL_UNINIT else c.tlbi_log[i].b)
                      for i in range(c.tlbi_log_n)]
     d["cmo_log"] = [("dcache" if c.cmo_log[i].kind == CMO_DCACHE else "icache",
-                     c.cmo_log[i].pa, c.cmo_log[i].nbytes) for i in range(c.cmo_log_n)]
+                     c.cmo_log[i].a, <u64>c.cmo_log[i].b) for i in range(c.cmo_log_n)]
     d["warning_sites"] = [WARN_SITES[c.warn_log[i]] for i in range(c.warn_log_n)]
     return d

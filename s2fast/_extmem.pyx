@@ -4,7 +4,7 @@ memory (segments of (PA, bytes)), read in place and never written."""
 
 from libc.stdlib cimport calloc, free
 
-from ._types cimport MmOps, MC, MM_OTHER, ERR_OUTSIDE
+from ._types cimport MmOps, MC, MM_OTHER, ERR_OUTSIDE, root_entries_in_ia
 
 
 cdef u64 *extmem_ptr(const ExtMem *m, u64 pa, u64 nbytes) noexcept nogil:
@@ -68,22 +68,16 @@ cdef void ext_release(PT *pt) noexcept nogil:
     pt.mm = NULL
 
 
-cdef MmOps EXTMEM_OPS
-EXTMEM_OPS.kind = MM_OTHER
-EXTMEM_OPS.writable = False
-EXTMEM_OPS.bad_pa_err = ERR_OUTSIDE
-EXTMEM_OPS.zalloc_page = ext_zalloc_page
-EXTMEM_OPS.get_page = ext_get_page
-EXTMEM_OPS.put_page = ext_put_page
-EXTMEM_OPS.page_count = ext_page_count
-EXTMEM_OPS.phys_to_virt = ext_phys_to_virt
-EXTMEM_OPS.virt_to_phys = ext_virt_to_phys
-EXTMEM_OPS.release = ext_release
+cdef MmOps EXTMEM_OPS = MmOps(
+    writable=False, bad_pa_err=ERR_OUTSIDE, zalloc_page=ext_zalloc_page,
+    get_page=ext_get_page, put_page=ext_put_page, page_count=ext_page_count,
+    phys_to_virt=ext_phys_to_virt, virt_to_phys=ext_virt_to_phys, release=ext_release)
 
 
 cdef int extmem_attach(PT *pt, list segments) except -1:
     """Make segments ((pa, uint8 array) pairs, sorted by PA and disjoint)
-    pt's backend. The caller keeps the arrays alive."""
+    pt's backend, and find pt's root (at pt.root_pa) in them. The caller
+    keeps the arrays alive."""
     cdef const unsigned char[::1] mv
     cdef Py_ssize_t i, n = len(segments)
     cdef u64 pa, size
@@ -93,6 +87,7 @@ cdef int extmem_attach(PT *pt, list segments) except -1:
         raise MemoryError()
     pt.mm = m
     pt.mm_ops = &EXTMEM_OPS
+    pt.mm_kind = MM_OTHER
     m.segs = <Seg *>calloc(n if n else 1, sizeof(Seg))
     if m.segs == NULL:
         raise MemoryError()
@@ -110,4 +105,10 @@ cdef int extmem_attach(PT *pt, list segments) except -1:
         m.segs[i].size = size
         m.segs[i].host = <u64 *>host
     m.nsegs = <int>n
+    # The root: pt.root_pa's pages, of which a table with few IPA bits uses
+    # (and so needs in memory) only the first root_len entries.
+    pt.root_len = root_entries_in_ia(&pt.g)
+    for i in range(<Py_ssize_t>pt.g.pgd_pages):
+        pt.pgd[i] = extmem_ptr(m, pt.root_pa + (<u64>i << pt.g.page_shift),
+                               pt.root_len * 8)
     return 0

@@ -11,33 +11,33 @@ from ._pool cimport (pool_zalloc_page, pool_get_page, pool_put_page, pool_page_c
                      pool_phys_to_virt, pool_virt_to_phys)
 
 cdef inline u64 *mm_zalloc_page(PT *pt, MC *mc) noexcept nogil:
-    if pt.mm_ops.kind == MM_POOL:
+    if pt.mm_kind == MM_POOL:
         return pool_zalloc_page(pt, mc)
     return pt.mm_ops.zalloc_page(pt, mc)
 
 cdef inline void mm_get_page(PT *pt, u64 *addr) noexcept nogil:
-    if pt.mm_ops.kind == MM_POOL:
+    if pt.mm_kind == MM_POOL:
         pool_get_page(pt, addr)
     else:
         pt.mm_ops.get_page(pt, addr)
 
 cdef inline bint mm_put_page(PT *pt, u64 *addr) noexcept nogil:
-    if pt.mm_ops.kind == MM_POOL:
+    if pt.mm_kind == MM_POOL:
         return pool_put_page(pt, addr)
     return pt.mm_ops.put_page(pt, addr)
 
 cdef inline int mm_page_count(PT *pt, u64 *addr) noexcept nogil:
-    if pt.mm_ops.kind == MM_POOL:
+    if pt.mm_kind == MM_POOL:
         return pool_page_count(pt, addr)
     return pt.mm_ops.page_count(pt, addr)
 
 cdef inline u64 *mm_phys_to_virt(PT *pt, u64 pa, u64 nbytes) noexcept nogil:
-    if pt.mm_ops.kind == MM_POOL:
+    if pt.mm_kind == MM_POOL:
         return pool_phys_to_virt(pt, pa, nbytes)
     return pt.mm_ops.phys_to_virt(pt, pa, nbytes)
 
 cdef inline u64 mm_virt_to_phys(PT *pt, const u64 *addr) noexcept nogil:
-    if pt.mm_ops.kind == MM_POOL:
+    if pt.mm_kind == MM_POOL:
         return pool_virt_to_phys(pt, addr)
     return pt.mm_ops.virt_to_phys(pt, addr)
 

@@ -141,7 +141,7 @@ cdef inline bint stage2_try_set_pte(Ctx *ctx, u64 new) noexcept nogil:
     return False
 
 
-cdef bint stage2_try_break_pte(PT *pt, Ctx *ctx) noexcept nogil:
+cdef inline bint stage2_try_break_pte(PT *pt, Ctx *ctx) noexcept nogil:
     cdef u64 size
     if pte_is_locked(ctx.old):
         if not kvm_pgtable_walk_shared(ctx):
@@ -149,11 +149,13 @@ cdef bint stage2_try_break_pte(PT *pt, Ctx *ctx) noexcept nogil:
         return False
     if not stage2_try_set_pte(ctx, INVALID_PTE_LOCKED):
         return False
-    if not (ctx.flags & F_SKIP_BBM_TLBI):
+    # Invalid first: a table or block is valid, and an empty entry (a table
+    # being filled) needs no TLBI.
+    if pte_valid(ctx.old) and not (ctx.flags & F_SKIP_BBM_TLBI):
         if pte_table(ctx.old, ctx.level):
             size = granule(pt, ctx.level)
             kvm_tlb_flush_vmid_range(pt, align_down(ctx.addr, size), size)
-        elif pte_valid(ctx.old):
+        else:
             tlbi_vmid_ipa(pt, ctx.addr, ctx.level)
     if pte_is_counted(ctx.old):
         put_entry(pt, ctx, ctx.ptep)
@@ -217,6 +219,17 @@ cdef struct stage2_map_data:
     MC *memcache
     bint force_pte
     bint annotation
+
+
+cdef inline int stage2_map_data_init(PT *pt, stage2_map_data *data, u64 phys, u64 prot, MC *mc,
+                                     bint force_pte) noexcept nogil:
+    # The map data of a mapping (not an annotation); the prot check's result.
+    data.phys = phys
+    data.owner_id = 0
+    data.memcache = mc
+    data.force_pte = force_pte
+    data.annotation = False
+    return stage2_set_prot_attr(pt, prot, &data.attr)
 
 
 cdef inline bint kvm_block_mapping_supported(PT *pt, Ctx *ctx, u64 phys) noexcept nogil:
@@ -334,13 +347,8 @@ cdef int stage2_map_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept
 cdef int kvm_pgtable_stage2_map(PT *pt, u64 addr, u64 size, u64 phys, u64 prot, MC *mc,
                                 int flags, bint force_pte) noexcept nogil:
     cdef stage2_map_data data
-    cdef int ret
-    data.phys = align_down(phys, (<u64>1) << pt.g.page_shift)
-    data.owner_id = 0
-    data.memcache = mc
-    data.force_pte = force_pte
-    data.annotation = False
-    ret = stage2_set_prot_attr(pt, prot, &data.attr)
+    cdef int ret = stage2_map_data_init(pt, &data, align_down(phys, (<u64>1) << pt.g.page_shift), prot,
+                                        mc, force_pte)
     if ret:
         return ret
     if not pt.mm_ops.writable:
@@ -588,12 +596,7 @@ cdef u64 *kvm_pgtable_stage2_create_unlinked(PT *pt, u64 phys, int level, u64 pr
     if phys & (granule(pt, level) - 1):
         err[0] = -EINVAL
         return NULL
-    data.phys = phys
-    data.owner_id = 0
-    data.memcache = mc
-    data.force_pte = force_pte
-    data.annotation = False
-    ret = stage2_set_prot_attr(pt, prot, &data.attr)
+    ret = stage2_map_data_init(pt, &data, phys, prot, mc, force_pte)
     if ret:
         err[0] = ret
         return NULL

@@ -103,17 +103,10 @@ cdef void pool_release(PT *pt) noexcept nogil:
     pt.mm = NULL
 
 
-cdef MmOps POOL_OPS
-POOL_OPS.kind = MM_POOL
-POOL_OPS.writable = True
-POOL_OPS.bad_pa_err = ERR_CORRUPT
-POOL_OPS.zalloc_page = pool_zalloc_page
-POOL_OPS.get_page = pool_get_page
-POOL_OPS.put_page = pool_put_page
-POOL_OPS.page_count = pool_page_count
-POOL_OPS.phys_to_virt = pool_phys_to_virt
-POOL_OPS.virt_to_phys = pool_virt_to_phys
-POOL_OPS.release = pool_release
+cdef MmOps POOL_OPS = MmOps(
+    writable=True, bad_pa_err=ERR_CORRUPT, zalloc_page=pool_zalloc_page,
+    get_page=pool_get_page, put_page=pool_put_page, page_count=pool_page_count,
+    phys_to_virt=pool_phys_to_virt, virt_to_phys=pool_virt_to_phys, release=pool_release)
 
 
 cdef int pool_attach(PT *pt, size_t reserve_bytes) except -1:
@@ -126,6 +119,7 @@ cdef int pool_attach(PT *pt, size_t reserve_bytes) except -1:
         raise MemoryError()
     pt.mm = p
     pt.mm_ops = &POOL_OPS
+    pt.mm_kind = MM_POOL
     # Reserve address space once so pages never move (numpy views stay
     # valid) and only touched pages cost memory.
     while size >= (<size_t>pt.g.pgd_pages << pt.g.page_shift) and size >= 4096:

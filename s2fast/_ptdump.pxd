@@ -6,3 +6,4 @@ from ._types cimport u64, PT
 
 cdef u64 count_table_pages(PT *pt) except? 0
 cdef object collect_entries(PT *pt, bint valid, bint skip_unreadable)
+cdef object table_view(PT *pt, u64 pa, u64 entries, object owner)

@@ -5,12 +5,40 @@ leaf (or non-zero invalid entry) in IPA order. They read the tables through
 mm_ops like the walker, but count nothing: they are views, not operations.
 The caller (the core) holds the table busy."""
 
+from cpython.ref cimport Py_INCREF
 from libc.string cimport memset
+
+cimport numpy as cnp
 
 from ._types cimport (root_entries_in_ia, ERR_NONE, ERR_OUTSIDE, LAST_LEVEL, PTE_VALID, set_error, pte_table,
                       g_level_shift, g_pte_to_phys)
-from ._mm cimport mm_table
+from ._mm cimport mm_table, mm_phys_to_virt
 from ._visitors cimport CollectData, collect_push, collected_array, collect_free
+
+cnp.import_array()
+
+
+cdef object table_view(PT *pt, u64 pa, u64 entries, object owner):
+    """A read-only uint64 view of the table page at pa, or None when no table
+    page is there; it keeps owner alive. entries (read-only backends only):
+    just that many entries, at 8-byte alignment (a root smaller than a page)."""
+    cdef u64 *t
+    cdef cnp.npy_intp dims[1]
+    if entries and not pt.mm_ops.writable:
+        if entries > pt.g.ptrs:
+            raise ValueError(f"entries {entries} is more than a table holds")
+        t = mm_phys_to_virt(pt, pa, entries * 8)
+    else:
+        t = mm_table(pt, pa)
+        entries = pt.g.ptrs
+    if t == NULL:
+        return None
+    dims[0] = <cnp.npy_intp>entries
+    arr = cnp.PyArray_SimpleNewFromData(1, dims, cnp.NPY_UINT64, <void *>t)
+    Py_INCREF(owner)
+    cnp.PyArray_SetBaseObject(arr, owner)
+    arr.flags.writeable = False
+    return arr
 
 
 cdef u64 count_tables(PT *pt, u64 *table, int level, dict seen, u64 count) except? 0:

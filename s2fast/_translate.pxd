@@ -4,6 +4,6 @@
 
 from ._types cimport u64, PT
 
-cdef object translate_out(Py_ssize_t n, object out)
+cdef object translate_out(Py_ssize_t n, int access, object out)
 cdef void translate_ipas(PT *pt, int access, bint ha, bint xnx, const u64 *ipas, object out,
                          Py_ssize_t n) noexcept

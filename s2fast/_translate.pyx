@@ -237,10 +237,12 @@ cdef void translate_all(Gran *t, PT *pt, TCfg *cfg, const u64 *ipas, TRow *rows,
 
 
 
-cdef object translate_out(Py_ssize_t n, object out):
+cdef object translate_out(Py_ssize_t n, int access, object out):
     """The result array: out when it fits, else a fresh one. translate_batch()
     explains a bad out in detail; the check here only keeps the C loop inside
     the buffer for any caller of the core."""
+    if not 0 <= access <= 3:
+        raise ValueError(f"access {access} is outside 0..3")
     if out is None:
         return np.empty(n, dtype=TRANSLATE_DTYPE)
     if not (isinstance(out, np.ndarray) and out.dtype == TRANSLATE_DTYPE and out.shape == (n,)

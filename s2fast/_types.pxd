@@ -126,6 +126,7 @@ cdef struct Geom:
     int ia_bits
     u64 pgd_pages
     int min_block_level     # KVM_PGTABLE_MIN_BLOCK_LEVEL
+    u64 addr_mask           # KVM_PTE_ADDR_MASK (g_addr_mask(), kept for the run-time form)
 
 cdef struct G4K:
     char unused
@@ -166,7 +167,10 @@ cdef inline u64 g_level_size(const Gran *t, int level) noexcept nogil:
 
 cdef inline u64 g_addr_mask(const Gran *t) noexcept nogil:
     # KVM_PTE_ADDR_MASK: GENMASK(47, PAGE_SHIFT)
-    return (((<u64>1) << 48) - 1) & ~(((<u64>1) << g_page_shift(t)) - 1)
+    if Gran is Geom:
+        return t.addr_mask
+    else:
+        return (((<u64>1) << 48) - 1) & ~(((<u64>1) << g_page_shift(t)) - 1)
 
 cdef inline u64 g_pte_to_phys(const Gran *t, u64 pte) noexcept nogil:
     # kvm_pte_to_phys(): with 64 KiB pages PA[51:48] sits in bits 15:12.
@@ -212,45 +216,47 @@ cdef inline bint pte_is_locked(u64 pte) noexcept nogil:
 # ---------------------------------------------------------------------------
 # Event counters (bumped in _events.pxd)
 
-cdef struct TlbiRec:
-    int kind
-    u64 a
-    s64 b                   # level or page count; LEVEL_UNINIT when unknown
+# Counters and logs are of a C type distinct from the entries' u64 (unsigned
+# long): by C's aliasing rules a store to a counter then cannot change an
+# entry, so the compiler keeps entries and counters in registers across
+# each other in the hot loops.
+ctypedef unsigned long long cnt_t
+ctypedef long long slong_t
 
-cdef struct CmoRec:
+cdef struct LogRec:
     int kind
-    u64 pa
-    u64 nbytes
+    cnt_t a                 # TLBI: address; CMO: PA
+    slong_t b               # TLBI: level or page count (LEVEL_UNINIT when unknown); CMO: bytes
 
 cdef struct Counters:
-    u64 visits
-    u64 reloads
-    u64 cb_leaf
-    u64 cb_pre
-    u64 cb_post
-    u64 cb_level[NLEVELS]
-    u64 tlbi_ipa
-    u64 tlbi_ipa_nsh
-    u64 tlbi_range
-    u64 tlbi_vmid
-    u64 tlbi_range_pages
-    u64 dcache_calls
-    u64 dcache_bytes
-    u64 icache_calls
-    u64 icache_bytes
-    u64 pages_alloc
-    u64 pages_free
-    u64 mc_used
-    u64 mc_exhausted
-    u64 unlinked_freed
-    u64 warnings
-    u64 tlbi_log_total
-    u64 cmo_log_total
+    cnt_t visits
+    cnt_t reloads
+    cnt_t cb_leaf
+    cnt_t cb_pre
+    cnt_t cb_post
+    cnt_t cb_level[NLEVELS]
+    cnt_t tlbi_ipa
+    cnt_t tlbi_ipa_nsh
+    cnt_t tlbi_range
+    cnt_t tlbi_vmid
+    cnt_t tlbi_range_pages
+    cnt_t dcache_calls
+    cnt_t dcache_bytes
+    cnt_t icache_calls
+    cnt_t icache_bytes
+    cnt_t pages_alloc
+    cnt_t pages_free
+    cnt_t mc_used
+    cnt_t mc_exhausted
+    cnt_t unlinked_freed
+    cnt_t warnings
+    cnt_t tlbi_log_total
+    cnt_t cmo_log_total
     int tlbi_log_n
     int cmo_log_n
     int warn_log_n
-    TlbiRec tlbi_log[LOG_MAX]
-    CmoRec cmo_log[LOG_MAX]
+    LogRec tlbi_log[LOG_MAX]
+    LogRec cmo_log[LOG_MAX]
     int warn_log[LOG_MAX]
 
 # ---------------------------------------------------------------------------
@@ -269,8 +275,8 @@ cdef enum:
 
 cdef struct MmOps:
     # struct kvm_pgtable_mm_ops: every page operation of the walker and the
-    # visitors. A backend fills one of these and PT.mm with its own state.
-    int kind
+    # visitors. A backend fills one of these, PT.mm with its own state and
+    # PT.mm_kind.
     bint writable           # False: tables are read-only (no visitor may write)
     int bad_pa_err          # what a descriptor leading nowhere is (ERR_CORRUPT / ERR_OUTSIDE)
     # A zeroed page, refcount 1, from the memory cache (NULL when refused).
@@ -292,6 +298,7 @@ cdef struct PT:
     Geom g
     const MmOps *mm_ops
     void *mm                # the backend's state
+    int mm_kind             # MM_POOL: _mm.pxd calls the pool inline; else MM_OTHER
     # Root: pgd[i] is concatenated root page i (NULL: outside an image's memory).
     u64 *pgd[16]
     u64 root_pa

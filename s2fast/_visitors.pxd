@@ -2,7 +2,7 @@
 # Visitors for users of walk(): a Python callable (one call per visit), or a
 # built-in visitor that runs in C (count, collect).
 
-from ._types cimport u64, PT, Ctx, visitor_fn, leaf_run_fn, NLEVELS
+from ._types cimport u64, cnt_t, PT, Ctx, Walker, visitor_fn, leaf_run_fn, NLEVELS
 
 cdef struct CollectData:
     u64 *ipa
@@ -29,6 +29,7 @@ cdef class PyVisit:
     cdef object exc
 
 cdef int py_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil
+cdef PyVisit bind_visitor(object visitor, object arg, PT *pt, Walker *w)
 
 cdef class BuiltinVisitor:
     cdef visitor_fn cb
@@ -38,9 +39,10 @@ cdef class BuiltinVisitor:
     cdef int _check_idle(self) except -1
 
 cdef struct CountData:
-    u64 valid[NLEVELS]
-    u64 invalid[NLEVELS]
-    u64 tables[NLEVELS]
+    # cnt_t, not u64: see _types.pxd (the counting loop then vectorises)
+    cnt_t valid[NLEVELS]
+    cnt_t invalid[NLEVELS]
+    cnt_t tables[NLEVELS]
 
 cdef class CountVisitor(BuiltinVisitor):
     cdef CountData data

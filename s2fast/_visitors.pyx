@@ -163,6 +163,32 @@ cdef int py_call(PyVisit pv, Ctx *ctx, int visit) noexcept:
     finally:
         pv.ctx.c = NULL
 
+cdef PyVisit bind_visitor(object visitor, object arg, PT *pt, Walker *w):
+    """Set w's callbacks for visitor: a PyVisit for a Python callable (the
+    walk must hold the GIL), None for a built-in visitor (checked usable)."""
+    cdef BuiltinVisitor bv
+    cdef PyVisit pv
+    if isinstance(visitor, BuiltinVisitor):
+        bv = <BuiltinVisitor>visitor
+        if bv.cb == NULL:
+            raise TypeError(f"{type(visitor).__name__} is not a usable built-in visitor; "
+                            "use CountVisitor or CollectVisitor")
+        if bv.in_use:
+            raise RuntimeError(f"this {type(visitor).__name__} is already in a walk")
+        w.cb = bv.cb
+        w.run = bv.run
+        w.arg = bv.arg_ptr
+        return None
+    pv = PyVisit()
+    pv.fn = visitor
+    pv.ctx = VisitCtx()
+    pv.ctx.pt = pt
+    pv.ctx._arg = arg
+    w.cb = py_walker
+    w.run = NULL
+    w.arg = <void *>pv
+    return pv
+
 # ---------------------------------------------------------------------------
 # Built-in visitors
 

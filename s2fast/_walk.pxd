@@ -42,18 +42,22 @@ cdef inline int visit_leaves(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done,
     nothing there is a table, so each entry is one read and one LEAF call of
     cb (the walker bumps the counters in bulk). A visitor's run function is
     this loop with its own cb, a constant: the C compiler inlines cb into its
-    copy, so the visitor's per-entry code is written once, in cb."""
+    copy, so the visitor's per-entry code is written once, in cb. The context
+    is a local copy, which the compiler keeps in registers once cb is inlined."""
     cdef u64 i
     cdef int ret
     cdef u64 gs = (<u64>1) << pt.g.page_shift
+    cdef Ctx c = ctx[0]
+    # A constant level lets the compiler fold every level test in cb.
+    c.level = LAST_LEVEL
     for i in range(n):
-        ctx.ptep = ptep0 + i
-        ctx.old = ptep0[i]
-        ret = cb(pt, ctx, F_LEAF)
-        if not kvm_pgtable_walk_continue(ctx.flags, ret):
+        c.ptep = ptep0 + i
+        c.old = ptep0[i]
+        ret = cb(pt, &c, F_LEAF)
+        if not kvm_pgtable_walk_continue(c.flags, ret):
             done[0] = i + 1
             return ret
-        ctx.addr = (ctx.addr & ~(gs - 1)) + gs
+        c.addr = (c.addr & ~(gs - 1)) + gs
     done[0] = n
     return 0
 

@@ -32,6 +32,16 @@ cdef inline int visitor_cb(PT *pt, Walker *w, Ctx *ctx, int visit) noexcept nogi
     return w.cb(pt, ctx, visit)
 
 
+cdef inline void init_ctx(Ctx *ctx, const WalkData *d, int level) noexcept nogil:
+    # The visit context of an entry at d.addr (ptep and old are the caller's).
+    ctx.arg = d.walker.arg
+    ctx.start = d.start
+    ctx.addr = d.addr
+    ctx.end = d.end
+    ctx.level = level
+    ctx.flags = d.walker.flags
+
+
 cdef inline bint is_hint(int r) noexcept nogil:
     return r > 0 and (r & ~(HINT_SKIP_CHILDREN | HINT_SKIP_SIBLINGS)) == 0
 
@@ -85,14 +95,9 @@ cdef int __kvm_pgtable_visit(Gran *t, PT *pt, WalkData *d, u64 *ptep, int level)
     cdef bint table, was_table
     cdef u64 *child
     cdef u64 gs
+    init_ctx(&ctx, d, level)
     ctx.ptep = ptep
     ctx.old = ptep[0]
-    ctx.arg = w.arg
-    ctx.start = d.start
-    ctx.addr = d.addr
-    ctx.end = d.end
-    ctx.level = level
-    ctx.flags = w.flags
     pt.c.visits += 1
     table = pte_table(ctx.old, level)
     was_table = table
@@ -166,12 +171,7 @@ cdef int walk_last_level(Gran *t, PT *pt, WalkData *d, u64 *table, u64 idx) noex
         pt.c.visits += n
         d.addr = addr + (n << shift)
         return 0
-    ctx.arg = w.arg
-    ctx.start = d.start
-    ctx.addr = d.addr
-    ctx.end = d.end
-    ctx.level = LAST_LEVEL
-    ctx.flags = w.flags
+    init_ctx(&ctx, d, LAST_LEVEL)
     # Built-in run functions never return hints (no table lives at the last
     # level, and the built-in visitors hint only above it).
     ret = w.run(pt, &ctx, table + idx, n, &done)

@@ -8,7 +8,7 @@
 
 from ._types cimport u64, PT, MC, Ctx, MM_POOL, ERR_CORRUPT, set_error, g_pte_to_phys
 from ._pool cimport (pool_zalloc_page, pool_get_page, pool_put_page, pool_page_count,
-                     pool_phys_to_virt, pool_virt_to_phys)
+                     pool_phys_to_virt, pool_virt_to_phys, pool_table)
 
 cdef inline u64 *mm_zalloc_page(PT *pt, MC *mc) noexcept nogil:
     if pt.mm_kind == MM_POOL:
@@ -42,8 +42,11 @@ cdef inline u64 mm_virt_to_phys(PT *pt, const u64 *addr) noexcept nogil:
     return pt.mm_ops.virt_to_phys(pt, addr)
 
 cdef inline u64 *mm_table(PT *pt, u64 pa) noexcept nogil:
-    """The table page at pa, or NULL when there is none."""
-    return mm_phys_to_virt(pt, pa, (<u64>1) << pt.g.page_shift)
+    """The table page at pa, or NULL when there is none (phys_to_virt of a
+    whole page; the pool's form of it is the walker's per-table lookup)."""
+    if pt.mm_kind == MM_POOL:
+        return pool_table(pt, pa)
+    return pt.mm_ops.phys_to_virt(pt, pa, (<u64>1) << pt.g.page_shift)
 
 cdef inline u64 *follow_pa(PT *pt, Ctx *ctx, u64 pa) noexcept nogil:
     """The child table at pa (ctx's descriptor's address), or NULL with the

@@ -45,6 +45,14 @@ cdef inline s64 pool_page_of_pa(PT *pt, u64 pa) noexcept nogil:
         return -1
     return <s64>idx
 
+cdef inline u64 *pool_table(PT *pt, u64 pa) noexcept nogil:
+    """The live table page at pa (page-aligned), or NULL."""
+    cdef s64 page
+    if pa & ((<u64>1 << pt.g.page_shift) - 1):
+        return NULL
+    page = pool_page_of_pa(pt, pa)
+    return NULL if page < 0 else pool_page(pt, <u64>page)
+
 cdef inline u64 *pool_phys_to_virt(PT *pt, u64 pa, u64 nbytes) noexcept nogil:
     cdef s64 page = pool_page_of_pa(pt, pa)
     cdef u64 off = (pa - POOL_PA_BASE) & ((<u64>1 << pt.g.page_shift) - 1)

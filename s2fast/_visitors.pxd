@@ -41,7 +41,7 @@ cdef class BuiltinVisitor:
 cdef struct CountData:
     # cnt_t, not u64: see _types.pxd (the counting loop then vectorises)
     cnt_t valid[NLEVELS]
-    cnt_t invalid[NLEVELS]
+    cnt_t leaves[NLEVELS]   # LEAF visits; invalid entries = leaves - valid
     cnt_t tables[NLEVELS]
 
 cdef class CountVisitor(BuiltinVisitor):

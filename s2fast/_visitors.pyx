@@ -204,11 +204,10 @@ cdef class BuiltinVisitor:
 
 cdef int count_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     cdef CountData *data = <CountData *>ctx.arg
-    cdef u64 v
     if visit == F_LEAF:
-        v = ctx.old & PTE_VALID
-        data.valid[ctx.level + 1] += v
-        data.invalid[ctx.level + 1] += 1 - v
+        # One sum per entry (the leaf count folds into the loop's length).
+        data.valid[ctx.level + 1] += ctx.old & PTE_VALID
+        data.leaves[ctx.level + 1] += 1
     elif visit == F_TABLE_PRE:
         data.tables[ctx.level + 1] += 1
     return 0
@@ -239,7 +238,9 @@ cdef class CountVisitor(BuiltinVisitor):
 
     @property
     def invalid(self):
-        return {lv: self.data.invalid[lv + 1] for lv in range(-1, 4) if self.data.invalid[lv + 1]}
+        d = self.data
+        return {lv: d.leaves[lv + 1] - d.valid[lv + 1] for lv in range(-1, 4)
+                if d.leaves[lv + 1] - d.valid[lv + 1]}
 
     @property
     def tables(self):

@@ -214,6 +214,11 @@ cdef class Stage2Core(TableShell):
     def reset_stats(self):
         memset(&self.pt.c, 0, sizeof(Counters))
 
+    def cost_counts(self):
+        """Descriptor stores and shared-walk cmpxchg attempts since the last
+        reset_stats(): events for the cost model, outside stats_dict()."""
+        return self.pt.c.writes, self.pt.c.cmpxchg
+
     def stats_dict(self):
         return counters_dict(&self.pt.c, self.pages_live)
 

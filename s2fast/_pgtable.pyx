@@ -131,12 +131,20 @@ def pte_prot(pte):
 # ---------------------------------------------------------------------------
 # Break-before-make
 
-cdef inline bint stage2_try_set_pte(Ctx *ctx, u64 new) noexcept nogil:
+cdef inline void write_pte(PT *pt, u64 *ptep, u64 new) noexcept nogil:
+    # WRITE_ONCE(*ptep, new): every descriptor store pgtable.c makes goes
+    # through here, so the cost model's store count cannot miss one.
+    ptep[0] = new
+    pt.c.writes += 1
+
+
+cdef inline bint stage2_try_set_pte(PT *pt, Ctx *ctx, u64 new) noexcept nogil:
     if not kvm_pgtable_walk_shared(ctx):
-        ctx.ptep[0] = new
+        write_pte(pt, ctx.ptep, new)
         return True
+    pt.c.cmpxchg += 1
     if ctx.ptep[0] == ctx.old:   # cmpxchg
-        ctx.ptep[0] = new
+        write_pte(pt, ctx.ptep, new)
         return True
     return False
 
@@ -147,7 +155,7 @@ cdef inline bint stage2_try_break_pte(PT *pt, Ctx *ctx) noexcept nogil:
         if not kvm_pgtable_walk_shared(ctx):
             warn(pt, W_BREAK_LOCKED)
         return False
-    if not stage2_try_set_pte(ctx, INVALID_PTE_LOCKED):
+    if not stage2_try_set_pte(pt, ctx, INVALID_PTE_LOCKED):
         return False
     # Invalid first: a table or block is valid, and an empty entry (a table
     # being filled) needs no TLBI.
@@ -167,7 +175,7 @@ cdef inline void stage2_make_pte(PT *pt, Ctx *ctx, u64 new) noexcept nogil:
         warn(pt, W_MAKE_NOT_LOCKED)
     if pte_is_counted(new):
         mm_get_page(pt, ctx.ptep)
-    ctx.ptep[0] = new
+    write_pte(pt, ctx.ptep, new)
 
 # ---------------------------------------------------------------------------
 # Unlinked tables (stage2_free_walker)
@@ -186,7 +194,7 @@ cdef int stage2_free_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
             return 0
         put_entry(pt, ctx, ctx.ptep)
         mm_put_page(pt, childp)
-        ctx.ptep[0] = 0
+        write_pte(pt, ctx.ptep, 0)
         return 0
     return -EINVAL
 
@@ -280,7 +288,7 @@ cdef inline int stage2_map_walker_try_leaf(PT *pt, Ctx *ctx, stage2_map_data *da
                 put_entry(pt, ctx, ctx.ptep)
             else:
                 mm_get_page(pt, ctx.ptep)
-        if not stage2_try_set_pte(ctx, new):
+        if not stage2_try_set_pte(pt, ctx, new):
             warn(pt, W_TRY_SET)
         return 0
     if not stage2_try_break_pte(pt, ctx):
@@ -382,7 +390,7 @@ cdef int stage2_unmap_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     cdef bint need_flush = False
     if not pte_valid(ctx.old):
         if pte_is_counted(ctx.old):
-            ctx.ptep[0] = 0
+            write_pte(pt, ctx.ptep, 0)
             put_entry(pt, ctx, ctx.ptep)
         return 0
     if pte_table(ctx.old, ctx.level):
@@ -394,7 +402,7 @@ cdef int stage2_unmap_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     elif pte_cacheable(pt, ctx.old):
         need_flush = not pt.fwb
     # stage2_unmap_put_pte(): the whole block goes, the rest refaults.
-    ctx.ptep[0] = 0
+    write_pte(pt, ctx.ptep, 0)
     if childp != NULL:
         tlbi_vmid_ipa(pt, ctx.addr, TTL_UNKNOWN)
     elif not stage2_unmap_defer_tlb_flush(pt):
@@ -439,7 +447,7 @@ cdef int stage2_attr_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     if data.pte != pte:
         if pte_executable(pte) and not pte_executable(ctx.old):
             icache_inval_pou(pt, g_pte_to_phys(&pt.g, pte), granule(pt, ctx.level))
-        if not stage2_try_set_pte(ctx, pte):
+        if not stage2_try_set_pte(pt, ctx, pte):
             return -EAGAIN
     return 0
 
@@ -508,7 +516,7 @@ cdef int stage2_age_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     if not pte_valid(ctx.old) or new == ctx.old:
         return 0
     data.young = True
-    if data.mkold and not stage2_try_set_pte(ctx, new):
+    if data.mkold and not stage2_try_set_pte(pt, ctx, new):
         return -EAGAIN
     return 0
 

@@ -53,11 +53,12 @@ cdef struct TRow:
     unsigned char fault
     signed char fault_level
     unsigned char fsc
+    unsigned char af_updated   # VTCR.HA: the walk would have set AF in memory
 
 TRANSLATE_DTYPE = np.dtype([
     ("ipa", "<u8"), ("ok", "?"), ("pa", "<u8"), ("level", "i1"), ("block_size", "<u8"),
     ("desc", "<u8"), ("readable", "?"), ("writable", "?"), ("exec_el1", "?"), ("exec_el0", "?"),
-    ("fault", "u1"), ("fault_level", "i1"), ("fsc", "u1")], align=True)
+    ("fault", "u1"), ("fault_level", "i1"), ("fsc", "u1"), ("af_updated", "?")], align=True)
 assert TRANSLATE_DTYPE.itemsize == sizeof(TRow)
 
 cdef struct TCfg:
@@ -191,6 +192,11 @@ cdef void translate_one(Gran *t, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept n
     if not allowed:
         t_fault(r, FAULT_PERMISSION, level)
         return
+    if not (desc & S2_AF):
+        # Hardware AF update (cfg.ha, else the AF fault above): only for an
+        # access that does not fault, and the TLB holds the updated entry.
+        r.desc = desc | S2_AF
+        r.af_updated = True
     r.ok = True
 
 # A batch of scattered IPAs is bound by one cache miss each, on the

@@ -252,6 +252,8 @@ cdef struct Counters:
     cnt_t warnings
     cnt_t tlbi_log_total
     cnt_t cmo_log_total
+    cnt_t writes            # descriptor stores (WRITE_ONCE, or a cmpxchg that won); cost model only
+    cnt_t cmpxchg           # cmpxchg attempts on shared walks; cost model only
     int tlbi_log_n
     int cmo_log_n
     int warn_log_n

@@ -126,6 +126,7 @@ cdef class VisitCtx:
             from .errors import ReadOnlyTableError
             raise ReadOnlyTableError("ctx.set() on a table in an external image")
         self.c.ptep[0] = <u64>new
+        self.pt.c.writes += 1
 
     def __repr__(self):
         if self.c == NULL:
@@ -152,7 +153,9 @@ cdef int py_call(PyVisit pv, Ctx *ctx, int visit) noexcept:
         if r is None:
             return 0
         if isinstance(r, bool) or not isinstance(r, int):
-            raise TypeError(f"a visitor must return an int or None, not {type(r).__name__} {r!r}")
+            if not isinstance(r, np.integer):     # numpy scalars are ints (np.bool_ is not one)
+                raise TypeError(f"a visitor must return an int or None, not {type(r).__name__} {r!r}")
+            r = int(r)
         if r < VISITOR_RET_MIN or r > 2147483647:
             raise ValueError(f"visitor result {r!r} is outside the int range the walker accepts")
         v = r

@@ -131,20 +131,21 @@ def pte_prot(pte):
 # ---------------------------------------------------------------------------
 # Break-before-make
 
-cdef inline void write_pte(PT *pt, u64 *ptep, u64 new) noexcept nogil:
-    # WRITE_ONCE(*ptep, new): every descriptor store pgtable.c makes goes
-    # through here, so the cost model's store count cannot miss one.
-    ptep[0] = new
-    pt.c.writes += 1
+cdef inline void write_pte(Ctx *ctx, u64 new) noexcept nogil:
+    # WRITE_ONCE(*ctx->ptep, new): every descriptor store pgtable.c makes goes
+    # through here, so the cost model's store count cannot miss one (counted
+    # in the visit context; the walker adds it to pt.c, see Ctx).
+    ctx.ptep[0] = new
+    ctx.writes += 1
 
 
 cdef inline bint stage2_try_set_pte(PT *pt, Ctx *ctx, u64 new) noexcept nogil:
     if not kvm_pgtable_walk_shared(ctx):
-        write_pte(pt, ctx.ptep, new)
+        write_pte(ctx, new)
         return True
-    pt.c.cmpxchg += 1
+    ctx.cmpxchg += 1
     if ctx.ptep[0] == ctx.old:   # cmpxchg
-        write_pte(pt, ctx.ptep, new)
+        write_pte(ctx, new)
         return True
     return False
 
@@ -175,7 +176,7 @@ cdef inline void stage2_make_pte(PT *pt, Ctx *ctx, u64 new) noexcept nogil:
         warn(pt, W_MAKE_NOT_LOCKED)
     if pte_is_counted(new):
         mm_get_page(pt, ctx.ptep)
-    write_pte(pt, ctx.ptep, new)
+    write_pte(ctx, new)
 
 # ---------------------------------------------------------------------------
 # Unlinked tables (stage2_free_walker)
@@ -194,7 +195,7 @@ cdef int stage2_free_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
             return 0
         put_entry(pt, ctx, ctx.ptep)
         mm_put_page(pt, childp)
-        write_pte(pt, ctx.ptep, 0)
+        write_pte(ctx, 0)
         return 0
     return -EINVAL
 
@@ -390,7 +391,7 @@ cdef int stage2_unmap_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     cdef bint need_flush = False
     if not pte_valid(ctx.old):
         if pte_is_counted(ctx.old):
-            write_pte(pt, ctx.ptep, 0)
+            write_pte(ctx, 0)
             put_entry(pt, ctx, ctx.ptep)
         return 0
     if pte_table(ctx.old, ctx.level):
@@ -402,7 +403,7 @@ cdef int stage2_unmap_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     elif pte_cacheable(pt, ctx.old):
         need_flush = not pt.fwb
     # stage2_unmap_put_pte(): the whole block goes, the rest refaults.
-    write_pte(pt, ctx.ptep, 0)
+    write_pte(ctx, 0)
     if childp != NULL:
         tlbi_vmid_ipa(pt, ctx.addr, TTL_UNKNOWN)
     elif not stage2_unmap_defer_tlb_flush(pt):

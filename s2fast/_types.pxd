@@ -349,6 +349,12 @@ cdef struct Ctx:
     u64 end
     int level
     int flags
+    # Cost-model events of this visit (write_pte() stores, shared-walk
+    # cmpxchg attempts), added to pt.c by the walker after the callback
+    # (flush_visit_counts()): a local count stays in a register across a
+    # run of entries, where a counter in PT would be a load and store each.
+    cnt_t writes
+    cnt_t cmpxchg
 
 ctypedef int (*visitor_fn)(PT *pt, Ctx *ctx, int visit) noexcept nogil
 

@@ -126,7 +126,7 @@ cdef class VisitCtx:
             from .errors import ReadOnlyTableError
             raise ReadOnlyTableError("ctx.set() on a table in an external image")
         self.c.ptep[0] = <u64>new
-        self.pt.c.writes += 1
+        self.c.writes += 1     # the walker adds it to pt.c after the callback
 
     def __repr__(self):
         if self.c == NULL:

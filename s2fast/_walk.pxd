@@ -36,6 +36,13 @@ cdef inline bint kvm_pgtable_walk_continue(int flags, int r) noexcept nogil:
         return not (flags & F_HANDLE_FAULT)
     return r == 0
 
+cdef inline void flush_visit_counts(PT *pt, Ctx *ctx) noexcept nogil:
+    # The visit's cost-model events into the table's counters (see Ctx).
+    pt.c.writes += ctx.writes
+    pt.c.cmpxchg += ctx.cmpxchg
+    ctx.writes = 0
+    ctx.cmpxchg = 0
+
 cdef inline int visit_leaves(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done,
                              visitor_fn cb) noexcept nogil:
     """The last-level loop of __kvm_pgtable_walk() for a built-in visitor:
@@ -50,14 +57,18 @@ cdef inline int visit_leaves(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done,
     cdef Ctx c = ctx[0]
     # A constant level lets the compiler fold every level test in cb.
     c.level = LAST_LEVEL
+    c.writes = 0
+    c.cmpxchg = 0
     for i in range(n):
         c.ptep = ptep0 + i
         c.old = ptep0[i]
         ret = cb(pt, &c, F_LEAF)
         if not kvm_pgtable_walk_continue(c.flags, ret):
+            flush_visit_counts(pt, &c)
             done[0] = i + 1
             return ret
         c.addr = (c.addr & ~(gs - 1)) + gs
+    flush_visit_counts(pt, &c)
     done[0] = n
     return 0
 

@@ -22,6 +22,7 @@ TABLE_PA_BASE = POOL_PA_BASE
 
 
 cdef inline int visitor_cb(PT *pt, Walker *w, Ctx *ctx, int visit) noexcept nogil:
+    cdef int ret
     if visit == F_LEAF:
         pt.c.cb_leaf += 1
     elif visit == F_TABLE_PRE:
@@ -29,7 +30,9 @@ cdef inline int visitor_cb(PT *pt, Walker *w, Ctx *ctx, int visit) noexcept nogi
     else:
         pt.c.cb_post += 1
     pt.c.cb_level[ctx.level + 1] += 1
-    return w.cb(pt, ctx, visit)
+    ret = w.cb(pt, ctx, visit)
+    flush_visit_counts(pt, ctx)
+    return ret
 
 
 cdef inline void init_ctx(Ctx *ctx, const WalkData *d, int level) noexcept nogil:
@@ -40,6 +43,8 @@ cdef inline void init_ctx(Ctx *ctx, const WalkData *d, int level) noexcept nogil
     ctx.end = d.end
     ctx.level = level
     ctx.flags = d.walker.flags
+    ctx.writes = 0
+    ctx.cmpxchg = 0
 
 
 cdef inline bint is_hint(int r) noexcept nogil:

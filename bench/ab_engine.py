@@ -10,9 +10,11 @@ best time of each tree, their ratio, and the median of the per-pair ratios
 (A's time over B's: above 1 means B is faster).
 
 The operations, on a 16 GiB guest: building it with 4 KiB pages, a built-in
-counting LEAF walk, wrprotect, split of 1 GiB blocks to pages, and a Python
-visitor over 256 MiB. Only the API that every version since the first has is
-used, so any two commits compare."""
+counting LEAF walk, wrprotect, split of 1 GiB blocks to pages, a Python
+visitor over 256 MiB, and translate_batch() of 1 M random IPAs and of every
+page's IPA in order (into a reused result array). Only API that every
+version since translate_batch(out=) (85bac01) has is used, so any two such
+commits compare."""
 from __future__ import annotations
 
 import json
@@ -28,6 +30,8 @@ PHYS = 1 << 40
 
 
 def measure() -> dict:
+    import numpy as np
+
     import s2fast
     from s2fast import MemCache, Stage2PageTable, WalkFlags
 
@@ -67,6 +71,15 @@ def measure() -> dict:
     out["wrprotect_4k"] = min(timed(build_4k, lambda p: p.wrprotect(0, GUEST)) for _ in range(2))
     out["split_1g"] = min(timed(blocks, lambda p: p.split(0, GUEST, MemCache(1 << 19))) for _ in range(2))
     out["python_walk_256m"] = best(lambda: pt.walk(0, GiB // 4, lambda ctx, visit: 0, WalkFlags.LEAF), 3)
+
+    # Fixed seed: both trees translate the same IPAs.
+    rand = np.random.default_rng(1).integers(0, GUEST, 1 << 20, dtype=np.uint64)
+    seq = np.arange(0, GUEST, 4096, dtype=np.uint64)
+    rows_rand = np.empty(len(rand), dtype=s2fast.TRANSLATE_DTYPE)
+    rows_seq = np.empty(len(seq), dtype=s2fast.TRANSLATE_DTYPE)
+    out["translate_random"] = best(lambda: pt.translate_batch(rand, "read", out=rows_rand), 5)
+    out["translate_seq"] = best(lambda: pt.translate_batch(seq, "read", out=rows_seq), 3)
+    assert rows_rand["ok"].all() and rows_seq["ok"].all()
     return out
 
 

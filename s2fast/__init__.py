@@ -1,14 +1,15 @@
 """s2fast: an exact, fast simulator of the Linux KVM arm64 stage-2 page-table
 walker (arch/arm64/kvm/hyp/pgtable.c)."""
 try:
-    from ._walk import BuiltinVisitor, CollectVisitor, CountVisitor, MemCache, VisitCtx
+    from ._pool import MemCache
+    from ._visitors import BuiltinVisitor, CollectVisitor, CountVisitor, VisitCtx
 except ModuleNotFoundError as _e:
-    if _e.name != __name__ + "._walk":
+    if not (_e.name or "").startswith(__name__ + "._"):
         raise
     # Python run from the top of a checkout imports the source folder, which
     # holds the compiled engine only after an editable or in-place build.
     raise ImportError(
-        f"s2fast was imported from {__path__[0]}, which has no compiled engine (s2fast._walk): in a "
+        f"s2fast was imported from {__path__[0]}, which has no compiled engine ({_e.name}): in a "
         "checkout, install with 'pip install -e .' (or build in place: pip install 'Cython>=3.1' numpy "
         "setuptools, then python setup.py build_ext --inplace), or run Python outside the checkout") from None
 from .describe import Descriptor, describe

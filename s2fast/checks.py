@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ._walk import MemCache
+from ._pool import MemCache
 from .flags import ALL_WALK_FLAGS, PROT_ALL
 
 U64_MAX = (1 << 64) - 1

@@ -543,7 +543,7 @@ def _dump_pool(args: argparse.Namespace) -> Any:
     40-bit IPA space, mapped with the ``--backing`` block or page size."""
     from .flags import RW
     from .pgtable import Stage2PageTable
-    from ._walk import MemCache
+    from ._pool import MemCache
 
     granule = 4096 if args.granule is None else args.granule
     if granule not in GRANULES:

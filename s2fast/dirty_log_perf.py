@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 import numpy as np
 
-from ._walk import MemCache
+from ._pool import MemCache
 from .strategy import AnyStrategy, as_strategy
 from .textfmt import render_table
 from .variants import Strategy

@@ -8,29 +8,17 @@ from __future__ import annotations
 
 import enum
 
+from . import _walk
 
-class WalkFlags(enum.IntFlag):
-    """Flags controlling a depth-first walk (``KVM_PGTABLE_WALK_*``)."""
 
-    LEAF = 1 << 0
-    TABLE_PRE = 1 << 1
-    TABLE_POST = 1 << 2
-    SHARED = 1 << 3
-    HANDLE_FAULT = 1 << 4
-    SKIP_BBM_TLBI = 1 << 5
-    SKIP_CMO = 1 << 6
-
-    # Walker variants proposed in the May 2026 RFC "KVM: arm64: Introduce S2
-    # walker SKIP return options" and its review; none is upstream.
-    # SKIP_LEVEL3..1 and SKIP_NEW_TABLE are the series' BIT(7)..BIT(10);
-    # SKIP_LEVEL0 (later revisions), PAGE and BLOCK (review) take free bits.
-    SKIP_LEVEL3 = 1 << 7
-    SKIP_LEVEL2 = 1 << 8
-    SKIP_LEVEL1 = 1 << 9
-    SKIP_NEW_TABLE = 1 << 10
-    SKIP_LEVEL0 = 1 << 11
-    PAGE = 1 << 12
-    BLOCK = 1 << 13
+# enum kvm_pgtable_walk_flags has one home, the walker's contract
+# (s2fast/_walk.pxd, with the RFC variants' provenance): its members F_<NAME>
+# become WalkFlags.<NAME> here.
+WalkFlags = enum.IntFlag("WalkFlags", [(f.name[2:], int(f)) for f in _walk.WalkFlag], module=__name__)
+WalkFlags.__doc__ = """Flags controlling a depth-first walk (``KVM_PGTABLE_WALK_*``); the walker
+variants SKIP_LEVEL3..0, SKIP_NEW_TABLE, PAGE and BLOCK are from the May 2026
+RFC "KVM: arm64: Introduce S2 walker SKIP return options" and its review (not
+upstream)."""
 
 
 class Prot(enum.IntFlag):

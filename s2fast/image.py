@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from . import _walk, checks
+from . import _core, _pool, checks
 from .errors import CorruptTableError
 from .geometry import address_bits, geometry, output_address
 from .physmem import PhysMem
@@ -102,7 +102,7 @@ def open_image(cls: type, physmem: Any, *, vttbr: Any, vtcr: Any, xnx: Any = Tru
     xnx, fwb = checks.boolean("xnx", xnx), checks.boolean("fwb", fwb)
     allow_aliases = checks.boolean("allow_aliases", allow_aliases)
     segs, patched = engine_segments(segments, v, root, v.root_entries)
-    core = _walk.Stage2Core.__new__(_walk.Stage2Core)
+    core = _core.Stage2Core.__new__(_core.Stage2Core)
     core.init_image(v.page_shift, v.ia_bits, v.start_level, v.pgd_pages, root, fwb, xnx,
                     v.ps_bits, v.ha, segs, CorruptTableError)
     pt = cls._from_core(core, v.geometry(), fwb=fwb, xnx=xnx, tlb_range=False, vttbr=int(vttbr),
@@ -246,7 +246,7 @@ def export_image(pt: Table, path: Union[str, os.PathLike]) -> dict:
         f.write(pool.astype("<u8", copy=False).tobytes())
     meta = {
         "format": IMAGE_FORMAT, "version": IMAGE_VERSION,
-        "base_pa": _walk.TABLE_PA_BASE, "root_pa": pt.root_pa,
+        "base_pa": _pool.TABLE_PA_BASE, "root_pa": pt.root_pa,
         "vttbr": pt.root_pa, "vtcr": pt.vtcr, "granule": pt.granule,
         "size": int(pool.nbytes), "fwb": pt.fwb, "xnx": pt.xnx,
     }
@@ -288,7 +288,7 @@ def copy_table(pt: Table, cls: type) -> Table:
         if level < 3:
             idx = np.flatnonzero((page & np.uint64(3)) == np.uint64(3))
             rank = order[np.searchsorted(sorted_pas, table_oa(page[idx], g.granule))]
-            new = np.uint64(_walk.TABLE_PA_BASE) + rank.astype(np.uint64) * np.uint64(g.granule)
+            new = np.uint64(_pool.TABLE_PA_BASE) + rank.astype(np.uint64) * np.uint64(g.granule)
             page[idx] = (page[idx] & ~addr_bits) | new
     new_pt = cls(g.ia_bits, granule=g.granule, fwb=pt.fwb, xnx=pt.xnx, tlb_range=pt.tlb_range)
     new_pt._load_pages(out)

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 
 from . import checks
-from ._walk import TABLE_PA_BASE, MemCache
+from ._pool import TABLE_PA_BASE, MemCache
 from .flags import EAGAIN, ENOMEM, RW, Prot, WalkFlags
 from .geometry import OA_MASK
 from .hostrules import check_chunk, host_rules, split_nr_page_tables

@@ -12,8 +12,9 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
-from . import _walk, checks
-from ._walk import BuiltinVisitor, MemCache
+from . import _core, _pgtable, _pool, checks
+from ._pool import MemCache
+from ._visitors import BuiltinVisitor
 from .checks import U64_MAX
 from .dump import format_dump
 from .errors import CorruptTableError
@@ -104,9 +105,9 @@ class _PageTable:
         fwb, xnx, tlb_range = (checks.boolean(k, v) for k, v in (("fwb", fwb), ("xnx", xnx),
                                                                    ("tlb_range", tlb_range)))
         g = geometry(ia_bits, granule)
-        core = _walk.Stage2Core(g.page_shift, g.ia_bits, g.start_level, g.pgd_pages, fwb, xnx, tlb_range,
+        core = _core.Stage2Core(g.page_shift, g.ia_bits, g.start_level, g.pgd_pages, fwb, xnx, tlb_range,
                                 reserve_bytes, CorruptTableError)
-        self._attach(core, g, fwb=fwb, xnx=xnx, tlb_range=tlb_range, vttbr=_walk.TABLE_PA_BASE)
+        self._attach(core, g, fwb=fwb, xnx=xnx, tlb_range=tlb_range, vttbr=_pool.TABLE_PA_BASE)
 
     @classmethod
     def _from_core(cls, core: Any, g: Geometry, **attrs: Any) -> "Stage2PageTable":
@@ -270,7 +271,7 @@ class _PageTable:
         page = checks.u64("page", page)
         if page >= self._core.n_pages:
             raise ValueError(f"page {page} is not in the pool ({self._core.n_pages} pages)")
-        return _walk.TABLE_PA_BASE + page * self.granule
+        return _pool.TABLE_PA_BASE + page * self.granule
 
     # -- the walker -----------------------------------------------------------
 
@@ -424,4 +425,4 @@ class Stage2PageTable(_PageTable):
 
 def pte_prot(pte: int) -> Prot:
     """kvm_pgtable_stage2_pte_prot()."""
-    return Prot(_walk.pte_prot(checks.u64("pte", pte)))
+    return Prot(_pgtable.pte_prot(checks.u64("pte", pte)))

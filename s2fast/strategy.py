@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Union
 
-from . import _walk
+from . import _pool
 from .flags import WalkFlags
 from .variants import LAST_LEVEL, Strategy, parse_strategy
 _KNOWN_FLAGS = 0
@@ -182,12 +182,12 @@ class SplitCall:
 
     __slots__ = ("memcache", "page_shift")
 
-    def __init__(self, memcache: _walk.MemCache, page_shift: int) -> None:
+    def __init__(self, memcache: _pool.MemCache, page_shift: int) -> None:
         self.memcache = memcache
         self.page_shift = page_shift
 
 
-def run_split(core: Any, page_shift: int, strategy: AnyStrategy, addr: int, size: int, mc: _walk.MemCache,
+def run_split(core: Any, page_shift: int, strategy: AnyStrategy, addr: int, size: int, mc: _pool.MemCache,
               extra_flags: int = 0, max_level: Optional[int] = None) -> int:
     """kvm_pgtable_stage2_split() of [addr, addr+size) under ``strategy``:
     the engine's split visitor, or the strategy's Python one."""

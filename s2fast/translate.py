@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _walk
+from . import _translate
 from .checks import u64 as _u64
 
-TRANSLATE_DTYPE: np.dtype = _walk.TRANSLATE_DTYPE
+TRANSLATE_DTYPE: np.dtype = _translate.TRANSLATE_DTYPE
 FSC_NONE = 0xFF        # the fsc of a row that did not fault
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._walk import CollectVisitor
+from ._visitors import CollectVisitor
 from .checks import integer
 from .flags import WalkFlags
 from .geometry import entry_sizes, level_shift

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _walk  # noqa: F401
-from ._walk import CollectVisitor, MemCache  # noqa: F401
+from ._pool import MemCache  # noqa: F401
+from ._visitors import CollectVisitor  # noqa: F401
 from .checks import boolean as _bool  # noqa: F401
 from .checks import integer as _int  # noqa: F401
 from .comparison import Comparison, _strategies, compare  # noqa: F401

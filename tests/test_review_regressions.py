@@ -25,7 +25,7 @@ def test_core_checks_memcache_type_and_null_split_cache():
     with pytest.raises(TypeError, match="split needs a MemCache"):
         pt._core.split(0, GiB, None)
     with pytest.raises(ValueError, match="geometry"):
-        s2fast._walk.Stage2Core(12, 40, -5, 2, False, False, False, 1 << 24, CorruptTableError)
+        s2fast._core.Stage2Core(12, 40, -5, 2, False, False, False, 1 << 24, CorruptTableError)
 
 
 @pytest.mark.parametrize("flags", [WalkFlags.TABLE_POST, WalkFlags.TABLE_PRE])

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 # Hashing only (harness code, not the implementation under test).
-from s2fast._walk import fnv1a_leaves, fnv1a_values
+from support.fnv import fnv1a_leaves, fnv1a_values
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "kernel"
 GRANULE_DIRS = {4096: DATA, 16384: DATA / "granules" / "16k", 65536: DATA / "granules" / "64k"}

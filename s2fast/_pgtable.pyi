@@ -1,0 +1,3 @@
+"""Type stub for s2fast/_pgtable.pyx (pgtable.c's stage-2 code)."""
+
+def pte_prot(pte: int) -> int: ...

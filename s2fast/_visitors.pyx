@@ -1,0 +1,294 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False
+"""Visitors for walk(): Python callables with their visit context, and the
+built-in count and collect visitors, whose per-entry code is their walker
+function (the last-level run is visit_leaves() with it)."""
+
+from cpython.ref cimport PyObject
+from libc.stdlib cimport realloc, free
+from libc.string cimport memset
+
+import numpy as np
+
+from ._types cimport LAST_LEVEL, PTE_VALID, ENOMEM, S2_EPYEXC, VISITOR_RET_MIN, align_down, g_level_size
+from ._mm cimport mm_virt_to_phys
+from ._walk cimport visit_leaves, F_LEAF, F_TABLE_PRE
+
+LEAF_DTYPE = np.dtype([("ipa", "<u8"), ("level", "i1"), ("pte", "<u8")])
+
+# ---------------------------------------------------------------------------
+# Collected leaves
+
+cdef bint collect_push(CollectData *data, u64 ipa, int level, u64 pte) noexcept nogil:
+    cdef u64 cap
+    cdef void *p
+    if data.n == data.cap:
+        cap = data.cap * 2 + 1024
+        p = realloc(data.ipa, cap * sizeof(u64))
+        if p == NULL:
+            data.failed = True
+            return False
+        data.ipa = <u64 *>p
+        p = realloc(data.pte, cap * sizeof(u64))
+        if p == NULL:
+            data.failed = True
+            return False
+        data.pte = <u64 *>p
+        p = realloc(data.level, cap)
+        if p == NULL:
+            data.failed = True
+            return False
+        data.level = <signed char *>p
+        data.cap = cap
+    data.ipa[data.n] = ipa
+    data.pte[data.n] = pte
+    data.level[data.n] = level
+    data.n += 1
+    return True
+
+
+cdef object collected_array(CollectData *data):
+    """The collected leaves as a LEAF_DTYPE array (a copy)."""
+    cdef u64 n = data.n
+    out = np.empty(n, dtype=LEAF_DTYPE)
+    if n:
+        out["ipa"] = np.asarray(<u64[:n]>data.ipa)
+        out["level"] = np.asarray(<signed char[:n]>data.level)
+        out["pte"] = np.asarray(<u64[:n]>data.pte)
+    return out
+
+
+cdef void collect_free(CollectData *data) noexcept:
+    free(data.ipa)
+    free(data.pte)
+    free(data.level)
+
+# ---------------------------------------------------------------------------
+# Python visitors
+
+cdef class VisitCtx:
+    """The visit context passed to a Python visitor (struct
+    kvm_pgtable_visit_ctx). Valid only during the callback."""
+
+    @property
+    def addr(self):
+        self._check()
+        return self.c.addr
+
+    @property
+    def start(self):
+        self._check()
+        return self.c.start
+
+    @property
+    def end(self):
+        self._check()
+        return self.c.end
+
+    @property
+    def level(self):
+        self._check()
+        return self.c.level
+
+    @property
+    def old(self):
+        self._check()
+        return self.c.old
+
+    @property
+    def flags(self):
+        self._check()
+        return self.c.flags
+
+    @property
+    def ptep(self):
+        """The physical address of the entry (where *ctx->ptep lives)."""
+        self._check()
+        return mm_virt_to_phys(self.pt, self.c.ptep)
+
+    @property
+    def arg(self):
+        return self._arg
+
+    cdef int _check(self) except -1:
+        if self.c == NULL:
+            raise RuntimeError("a visit context is only valid during its callback")
+        return 0
+
+    def set(self, new):
+        """Write the entry (a WRITE_ONCE of *ctx->ptep; no refcounting)."""
+        self._check()
+        if isinstance(new, bool) or not isinstance(new, int):
+            raise TypeError(f"ctx.set() takes an int descriptor, not {type(new).__name__} {new!r}")
+        if new < 0 or new >= (1 << 64):
+            raise ValueError(f"descriptor {new!r} is not a uint64")
+        if not self.pt.mm_ops.writable:
+            from .errors import ReadOnlyTableError
+            raise ReadOnlyTableError("ctx.set() on a table in an external image")
+        self.c.ptep[0] = <u64>new
+        self.c.writes += 1     # the walker adds it to pt.c after the callback
+
+    def __repr__(self):
+        if self.c == NULL:
+            return "VisitCtx(<expired>)"
+        return (f"VisitCtx(addr={self.c.addr:#x}, level={self.c.level}, old={self.c.old:#x}, "
+                f"ptep={mm_virt_to_phys(self.pt, self.c.ptep):#x})")
+
+
+cdef class PyVisit:
+    pass
+
+
+cdef int py_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
+    with gil:
+        return py_call(<PyVisit>(<PyObject *>ctx.arg), ctx, visit)
+
+
+cdef int py_call(PyVisit pv, Ctx *ctx, int visit) noexcept:
+    cdef object r
+    cdef long v
+    pv.ctx.c = ctx
+    try:
+        r = pv.fn(pv.ctx, visit)
+        if r is None:
+            return 0
+        if isinstance(r, bool) or not isinstance(r, int):
+            if not isinstance(r, np.integer):     # numpy scalars are ints (np.bool_ is not one)
+                raise TypeError(f"a visitor must return an int or None, not {type(r).__name__} {r!r}")
+            r = int(r)
+        if r < VISITOR_RET_MIN or r > 2147483647:
+            raise ValueError(f"visitor result {r!r} is outside the int range the walker accepts")
+        v = r
+        return <int>v
+    except BaseException as e:
+        pv.exc = e
+        return S2_EPYEXC
+    finally:
+        pv.ctx.c = NULL
+
+cdef PyVisit bind_visitor(object visitor, object arg, PT *pt, Walker *w):
+    """Set w's callbacks for visitor: a PyVisit for a Python callable (the
+    walk must hold the GIL), None for a built-in visitor (checked usable)."""
+    cdef BuiltinVisitor bv
+    cdef PyVisit pv
+    if isinstance(visitor, BuiltinVisitor):
+        bv = <BuiltinVisitor>visitor
+        if bv.cb == NULL:
+            raise TypeError(f"{type(visitor).__name__} is not a usable built-in visitor; "
+                            "use CountVisitor or CollectVisitor")
+        if bv.in_use:
+            raise RuntimeError(f"this {type(visitor).__name__} is already in a walk")
+        w.cb = bv.cb
+        w.run = bv.run
+        w.arg = bv.arg_ptr
+        return None
+    pv = PyVisit()
+    pv.fn = visitor
+    pv.ctx = VisitCtx()
+    pv.ctx.pt = pt
+    pv.ctx._arg = arg
+    w.cb = py_walker
+    w.run = NULL
+    w.arg = <void *>pv
+    return pv
+
+# ---------------------------------------------------------------------------
+# Built-in visitors
+
+cdef class BuiltinVisitor:
+    """Base of the visitors that run in C with no Python call per entry.
+    One instance serves one walk at a time (its results live in C)."""
+
+    cdef int _check_idle(self) except -1:
+        if self.in_use:
+            raise RuntimeError(f"this {type(self).__name__} is in a walk")
+        return 0
+
+
+cdef int count_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
+    cdef CountData *data = <CountData *>ctx.arg
+    if visit == F_LEAF:
+        # One sum per entry (the leaf count folds into the loop's length).
+        data.valid[ctx.level + 1] += ctx.old & PTE_VALID
+        data.leaves[ctx.level + 1] += 1
+    elif visit == F_TABLE_PRE:
+        data.tables[ctx.level + 1] += 1
+    return 0
+
+
+cdef int count_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
+    return visit_leaves(pt, ctx, ptep0, n, done, count_walker)
+
+
+cdef class CountVisitor(BuiltinVisitor):
+    """Counts entries by kind and level: valid leaves, invalid entries
+    (LEAF visits) and tables (TABLE_PRE visits)."""
+
+    def __cinit__(self):
+        self.cb = count_walker
+        self.run = count_run
+        self.arg_ptr = &self.data
+        memset(&self.data, 0, sizeof(CountData))
+
+    def reset(self):
+        self._check_idle()
+        memset(&self.data, 0, sizeof(CountData))
+
+    @property
+    def valid(self):
+        """Valid leaves seen, per level (dict level -> count)."""
+        return {lv: self.data.valid[lv + 1] for lv in range(-1, 4) if self.data.valid[lv + 1]}
+
+    @property
+    def invalid(self):
+        d = self.data
+        return {lv: d.leaves[lv + 1] - d.valid[lv + 1] for lv in range(-1, 4)
+                if d.leaves[lv + 1] - d.valid[lv + 1]}
+
+    @property
+    def tables(self):
+        return {lv: self.data.tables[lv + 1] for lv in range(-1, 4) if self.data.tables[lv + 1]}
+
+    @property
+    def total_valid(self):
+        return sum(self.data.valid[i] for i in range(NLEVELS))
+
+
+cdef int collect_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
+    cdef CollectData *data = <CollectData *>ctx.arg
+    if visit == F_LEAF and (ctx.old & PTE_VALID):
+        if not collect_push(data, align_down(ctx.addr, g_level_size(&pt.g, ctx.level)), ctx.level, ctx.old):
+            return -ENOMEM
+    return 0
+
+
+cdef int collect_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
+    return visit_leaves(pt, ctx, ptep0, n, done, collect_walker)
+
+
+cdef class CollectVisitor(BuiltinVisitor):
+    """Collects every valid leaf the walk visits (IPA aligned to the leaf)."""
+
+    def __cinit__(self):
+        self.cb = collect_walker
+        self.run = collect_run
+        self.arg_ptr = &self.data
+        memset(&self.data, 0, sizeof(CollectData))
+
+    def __dealloc__(self):
+        collect_free(&self.data)
+
+    def result(self):
+        """The collected leaves as a structured array (ipa, level, pte)."""
+        self._check_idle()
+        # Held while copying: numpy may release the GIL, and a walk in another
+        # thread must not realloc the buffers meanwhile.
+        self.in_use = True
+        try:
+            return collected_array(&self.data)
+        finally:
+            self.in_use = False
+
+    def reset(self):
+        self._check_idle()
+        self.data.n = 0

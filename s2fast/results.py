@@ -50,7 +50,7 @@ def comparison_records(cmp: "Comparison", measurement: str = "workload",
     from .workload import summarize
 
     if predict is None and getattr(cmp, "profile", None) is not None:
-        from .cost import load_profile
+        from .cost.model import load_profile
         predict = load_profile(cmp.profile).seconds
     params = workload_columns(cmp.workload)
     out = []

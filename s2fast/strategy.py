@@ -1,5 +1,7 @@
-"""Walker strategies as values: the six built-in ones (``s2fast.Strategy``)
-and your own (``CustomStrategy``), accepted alike by ``VM``, ``Workload``,
+"""Walker strategies as values: the six built-in ones (``s2fast.Strategy``,
+the RFC's ways to run kvm_pgtable_stage2_split()'s walk: the split visitor
+is the kernel's; only the walk flags, the maximum level and, for
+SKIP_RETURN, the visitor's return hints differ) and your own (``CustomStrategy``), accepted alike by ``VM``, ``Workload``,
 ``compare``, the presets and ``dirty_log_perf``.
 
 A custom strategy is a name, the walk flags and maximum level of
@@ -11,6 +13,7 @@ command line: ``--strategy NAME=FLAGS[,max_level=N]`` and
 """
 from __future__ import annotations
 
+import enum
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -18,7 +21,65 @@ from typing import Any, Callable, Optional, Union
 
 from . import _pool
 from .flags import WalkFlags
-from .variants import LAST_LEVEL, Strategy, parse_strategy
+
+LAST_LEVEL = 3
+
+
+class Strategy(enum.Enum):
+    """How split walks (value: walk flags, maximum level, return hints)."""
+
+    #: today's kernel: a LEAF walk that re-reads every entry it meets
+    KERNEL = (WalkFlags.LEAF, LAST_LEVEL, False)
+    #: RFC patch 1: the visitor returns SKIP_CHILDREN for tables of pages and
+    #: after building a full page-level subtree (TABLE_PRE sees the tables)
+    SKIP_RETURN = (WalkFlags.LEAF | WalkFlags.TABLE_PRE, LAST_LEVEL, True)
+    #: first reviewer: visit blocks only; tables of pages are not entered
+    PAGE_BLOCK = (WalkFlags.BLOCK, LAST_LEVEL, False)
+    #: second reviewer: walk no deeper than level 2
+    MAX_LEVEL = (WalkFlags.LEAF, 2, False)
+    #: the series' v1/v2 split: level 3 is skipped
+    SKIP_LEVEL = (WalkFlags.LEAF | WalkFlags.SKIP_LEVEL3, LAST_LEVEL, False)
+    #: the May proposal: also skip the table a split has just created
+    SKIP_LEVEL_NEW_TABLE = (WalkFlags.LEAF | WalkFlags.SKIP_LEVEL3 | WalkFlags.SKIP_NEW_TABLE,
+                            LAST_LEVEL, False)
+
+    @property
+    def flags(self) -> int:
+        return int(self.value[0])
+
+    @property
+    def max_level(self) -> int:
+        return self.value[1]
+
+    @property
+    def skip_return(self) -> bool:
+        return self.value[2]
+
+    @staticmethod
+    def custom(name: str, flags: int = int(WalkFlags.LEAF), max_level: int = LAST_LEVEL, *,
+               skip_return: bool = False, split_visitor: Any = None) -> Any:
+        """Your own strategy, accepted wherever a Strategy is (a
+        ``CustomStrategy``, below)."""
+        return CustomStrategy(name, flags, max_level, skip_return, split_visitor)
+
+
+_STRATEGY_ALIASES = {"SKIP_NEW_TABLE": "SKIP_LEVEL_NEW_TABLE", "SNT": "SKIP_LEVEL_NEW_TABLE"}
+
+
+def parse_strategy(v: Any) -> Strategy:
+    """A Strategy, or its name (any case, "-" for "_"; SNT and SKIP_NEW_TABLE
+    for SKIP_LEVEL_NEW_TABLE)."""
+    if isinstance(v, Strategy):
+        return v
+    if isinstance(v, str):
+        name = v.strip().upper().replace("-", "_")
+        name = _STRATEGY_ALIASES.get(name, name)
+        if name in Strategy.__members__:
+            return Strategy[name]
+        raise ValueError(f"strategy {v!r} is not one of {', '.join(s.name for s in Strategy)}")
+    raise TypeError(f"strategy must be an s2fast.Strategy or its name, not {type(v).__name__} {v!r}")
+
+
 _KNOWN_FLAGS = 0
 for _f in WalkFlags:
     _KNOWN_FLAGS |= int(_f)
@@ -88,7 +149,7 @@ AnyStrategy = Union[Strategy, CustomStrategy]
 
 def as_strategy(v: Any) -> AnyStrategy:
     """A strategy value from a Strategy, a CustomStrategy, a built-in name
-    (s2fast.variants.parse_strategy), a ``NAME=FLAGS[,max_level=N]`` spec
+    (``parse_strategy``), a ``NAME=FLAGS[,max_level=N]`` spec
     (``parse_custom``), or a ``(flags, max_level)`` pair (named by it)."""
     if isinstance(v, CustomStrategy):
         return v

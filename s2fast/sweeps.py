@@ -141,7 +141,7 @@ def _check_value(key: str, v: Any) -> Any:
 
 @functools.lru_cache(maxsize=None)
 def _profile(name: str) -> Any:
-    from .cost import load_profile
+    from .cost.model import load_profile
     return load_profile(name)
 
 

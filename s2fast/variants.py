@@ -1,15 +1,12 @@
-"""The RFC's split strategies, and comparisons of the tables they leave.
-
-Each strategy is a way to run kvm_pgtable_stage2_split()'s walk: the split
-visitor is the kernel's; only the walk flags, the maximum level and (for
-SKIP_RETURN) the visitor's return hints differ.
+"""Comparisons of the final tables the RFC's split strategies leave (the
+strategies themselves, ``Strategy`` and ``parse_strategy``, live in
+s2fast.strategy and are importable from here too).
 
 Two comparisons of final tables share one leaf-matching core:
 ``compare_outcomes`` (every leaf of two tables, as runs) and ``diff_tables``
 (counts per level, a window at a time, for 512 GiB guests)."""
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,66 +17,10 @@ from .checks import integer
 from .flags import WalkFlags
 from .geometry import entry_sizes, level_shift
 from .sizes import GiB, format_size
+from .strategy import _STRATEGY_ALIASES, LAST_LEVEL, Strategy, parse_strategy  # noqa: F401 (their old home)
 
-LAST_LEVEL = 3
 #: diff_tables() compares final tables a window of this many bytes of IPA at a time
 DIFF_WINDOW = 1 * GiB
-
-
-class Strategy(enum.Enum):
-    """How split walks (value: walk flags, maximum level, return hints)."""
-
-    #: today's kernel: a LEAF walk that re-reads every entry it meets
-    KERNEL = (WalkFlags.LEAF, LAST_LEVEL, False)
-    #: RFC patch 1: the visitor returns SKIP_CHILDREN for tables of pages and
-    #: after building a full page-level subtree (TABLE_PRE sees the tables)
-    SKIP_RETURN = (WalkFlags.LEAF | WalkFlags.TABLE_PRE, LAST_LEVEL, True)
-    #: first reviewer: visit blocks only; tables of pages are not entered
-    PAGE_BLOCK = (WalkFlags.BLOCK, LAST_LEVEL, False)
-    #: second reviewer: walk no deeper than level 2
-    MAX_LEVEL = (WalkFlags.LEAF, 2, False)
-    #: the series' v1/v2 split: level 3 is skipped
-    SKIP_LEVEL = (WalkFlags.LEAF | WalkFlags.SKIP_LEVEL3, LAST_LEVEL, False)
-    #: the May proposal: also skip the table a split has just created
-    SKIP_LEVEL_NEW_TABLE = (WalkFlags.LEAF | WalkFlags.SKIP_LEVEL3 | WalkFlags.SKIP_NEW_TABLE,
-                            LAST_LEVEL, False)
-
-    @property
-    def flags(self) -> int:
-        return int(self.value[0])
-
-    @property
-    def max_level(self) -> int:
-        return self.value[1]
-
-    @property
-    def skip_return(self) -> bool:
-        return self.value[2]
-
-    @staticmethod
-    def custom(name: str, flags: int = int(WalkFlags.LEAF), max_level: int = LAST_LEVEL, *,
-               skip_return: bool = False, split_visitor: Any = None) -> Any:
-        """Your own strategy, accepted wherever a Strategy is (an
-        s2fast.CustomStrategy: see s2fast/strategy.py)."""
-        from .strategy import CustomStrategy
-        return CustomStrategy(name, flags, max_level, skip_return, split_visitor)
-
-
-_STRATEGY_ALIASES = {"SKIP_NEW_TABLE": "SKIP_LEVEL_NEW_TABLE", "SNT": "SKIP_LEVEL_NEW_TABLE"}
-
-
-def parse_strategy(v: Any) -> Strategy:
-    """A Strategy, or its name (any case, "-" for "_"; SNT and SKIP_NEW_TABLE
-    for SKIP_LEVEL_NEW_TABLE)."""
-    if isinstance(v, Strategy):
-        return v
-    if isinstance(v, str):
-        name = v.strip().upper().replace("-", "_")
-        name = _STRATEGY_ALIASES.get(name, name)
-        if name in Strategy.__members__:
-            return Strategy[name]
-        raise ValueError(f"strategy {v!r} is not one of {', '.join(s.name for s in Strategy)}")
-    raise TypeError(f"strategy must be an s2fast.Strategy or its name, not {type(v).__name__} {v!r}")
 
 
 @dataclass(frozen=True)

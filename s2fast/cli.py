@@ -18,6 +18,7 @@ import sys
 from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
+from .cliargs import UsageError, count_arg as _count_arg
 from .comparison import Comparison, compare
 from .errors import InsufficientMemoryError
 from .geometry import GRANULES
@@ -31,10 +32,6 @@ from .variants import Strategy
 from .workload import PATTERNS, Workload
 
 DEFAULTS = Workload()
-
-
-class UsageError(Exception):
-    """A bad command line: reported on one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -74,19 +71,6 @@ def _sizes_arg(text: str) -> list[int]:
         except (TypeError, ValueError) as e:
             raise argparse.ArgumentTypeError(str(e)) from None
     return out
-
-
-def _count_arg(name: str, lo: int = 0):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"{v} is less than {lo}")
-        return v
-    parse.__name__ = name
-    return parse
 
 
 def _reg_arg(name: str):

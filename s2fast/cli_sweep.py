@@ -7,7 +7,7 @@ import importlib.util
 import os
 from typing import TextIO
 
-from .cli import UsageError, _count_arg
+from .cliargs import UsageError, count_arg as _count_arg
 from .plot import KINDS
 from .sweeps import DEFAULT_MAX_POINTS, Failure, GridError, LocalProcesses, describe_point
 

@@ -21,7 +21,8 @@ from ._events cimport (warn, tlbi_vmid_ipa, tlbi_vmid_ipa_nsh, kvm_tlb_flush_vmi
                        W_FREE_UNLINKED_WALK, W_FREE_UNLINKED_COUNT, W_NR_PAGE_TABLES)
 from ._mm cimport (mm_zalloc_page, mm_get_page, mm_put_page, mm_page_count, mm_virt_to_phys,
                    kvm_pte_follow, put_entry)
-from ._walk cimport (kvm_pgtable_walk, walk_unlinked, visit_leaves, kvm_pgtable_walk_shared,
+from ._walk cimport (kvm_pgtable_walk, walk_unlinked, visit_leaves, visit_leaves_fold_shared,
+                     kvm_pgtable_walk_shared,
                      kvm_pgtable_walk_continue, F_LEAF, F_TABLE_PRE, F_TABLE_POST, F_SHARED,
                      F_HANDLE_FAULT, F_SKIP_BBM_TLBI, F_SKIP_CMO)
 
@@ -454,7 +455,7 @@ cdef int stage2_attr_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
 
 
 cdef int stage2_attr_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
-    return visit_leaves(pt, ctx, ptep0, n, done, stage2_attr_walker)
+    return visit_leaves_fold_shared(pt, ctx, ptep0, n, done, stage2_attr_walker)
 
 
 cdef int stage2_update_leaf_attrs(PT *pt, u64 addr, u64 size, u64 attr_set, u64 attr_clr,
@@ -523,7 +524,7 @@ cdef int stage2_age_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
 
 
 cdef int stage2_age_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
-    return visit_leaves(pt, ctx, ptep0, n, done, stage2_age_walker)
+    return visit_leaves_fold_shared(pt, ctx, ptep0, n, done, stage2_age_walker)
 
 
 cdef int kvm_pgtable_stage2_test_clear_young(PT *pt, u64 addr, u64 size, bint mkold,

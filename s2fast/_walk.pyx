@@ -154,6 +154,13 @@ cdef int __kvm_pgtable_visit(Gran *t, PT *pt, WalkData *d, u64 *ptep, int level)
     return ret
 
 
+cdef int visit_leaves_shared(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done,
+                             visitor_fn cb) noexcept nogil:
+    # visit_leaves() with cb called through the pointer (see
+    # visit_leaves_fold_shared()).
+    return visit_leaves(pt, ctx, ptep0, n, done, cb)
+
+
 cdef int walk_last_level(Gran *t, PT *pt, WalkData *d, u64 *table, u64 idx) noexcept nogil:
     """The last level visited a whole run at a time by the walker's run
     function (visit_leaves() with the visitor's callback): nothing there is a

@@ -467,8 +467,9 @@ def new_vm(opts: Options, strategy: Any = Strategy.KERNEL) -> tuple[VM, Layout]:
     lay = layout(opts)
     vm = VM(lay.pa_bits, strategy=strategy, eager_split_chunk=opts.eager_split_chunk,
             initially_set=opts.manual_protect, granule=opts.granule)
-    kind = {"page": Backing(0, 0, 100, opts.granule), "pmd": Backing(0, 100, 0, opts.granule),
-            "pud": Backing(100, 0, 0, opts.granule)}[lay.leaf]
+    # only the leaf's own Backing: a host without PUD blocks refuses a PUD one
+    pct = {"page": (0, 0, 100), "pmd": (0, 100, 0), "pud": (100, 0, 0)}[lay.leaf]
+    kind = Backing(*pct, opts.granule)
     for base, size in lay.slots:
         try:
             vm.add_memslot(size, kind, base=base, populate=False, page_aligned=True)

@@ -27,6 +27,7 @@ from ._pgtable cimport (kvm_pgtable_get_leaf, kvm_pgtable_stage2_map, kvm_pgtabl
 from ._visitors cimport BuiltinVisitor, PyVisit, bind_visitor
 from ._translate cimport translate_out, translate_ipas
 from ._ptdump cimport count_table_pages, collect_entries, table_view
+from ._mmu cimport guest_accesses
 
 cnp.import_array()
 
@@ -401,6 +402,22 @@ cdef class Stage2Core(TableShell):
         with nogil:
             kvm_pgtable_stage2_free_unlinked(&self.pt, table, level)
         self._leave(0)
+
+    def guest_accesses(self, object memcache, tuple host, list slots, const u64[::1] ipas,
+                       const unsigned char[::1] writes, u64[::1] counts):
+        """Guest accesses through mmu.c's fault path (_mmu.pyx; the VM's side
+        is s2fast.mmu): returns (accesses made, last fault error or 0)."""
+        cdef MC *mc = mc_ptr(memcache)
+        if mc == NULL:
+            raise TypeError("guest accesses need the vCPU's MemCache")
+        self._enter_write()
+        try:
+            res = guest_accesses(&self.pt, mc, host, slots, ipas, writes, counts)
+        except BaseException:
+            self.busy = False
+            raise
+        self._leave(0)
+        return res
 
     def destroy(self):
         self._enter_write()

@@ -19,61 +19,14 @@ cnp.import_array()
 cdef extern from *:
     void __builtin_prefetch(const void *addr) nogil
 
-# Fault kinds and ESR_ELx.FSC bases:
-cdef enum:
-    FAULT_NONE = 0
-    FAULT_TRANSLATION = 1
-    FAULT_ADDRESS_SIZE = 2
-    FAULT_ACCESS_FLAG = 3
-    FAULT_PERMISSION = 4
-    FAULT_EXTERNAL = 5
-    FSC_NONE = 0xFF
-
-cdef enum:
-    ACCESS_READ = 0
-    ACCESS_WRITE = 1
-    ACCESS_EXEC_EL1 = 2
-    ACCESS_EXEC_EL0 = 3
-
 cdef unsigned char FSC_BASE[6]
 FSC_BASE[:] = [0xFF, 0x04, 0x00, 0x08, 0x0C, 0x14]
-
-cdef struct TRow:
-    # One row of TRANSLATE_DTYPE (numpy aligned layout; checked at import).
-    u64 ipa
-    unsigned char ok
-    u64 pa
-    signed char level
-    u64 block_size
-    u64 desc
-    unsigned char readable
-    unsigned char writable
-    unsigned char exec_el1
-    unsigned char exec_el0
-    unsigned char fault
-    signed char fault_level
-    unsigned char fsc
-    unsigned char af_updated   # VTCR.HA: the walk would have set AF in memory
 
 TRANSLATE_DTYPE = np.dtype([
     ("ipa", "<u8"), ("ok", "?"), ("pa", "<u8"), ("level", "i1"), ("block_size", "<u8"),
     ("desc", "<u8"), ("readable", "?"), ("writable", "?"), ("exec_el1", "?"), ("exec_el0", "?"),
     ("fault", "u1"), ("fault_level", "i1"), ("fsc", "u1"), ("af_updated", "?")], align=True)
 assert TRANSLATE_DTYPE.itemsize == sizeof(TRow)
-
-cdef struct TCfg:
-    int access
-    bint ha
-    bint xnx
-    bint root_too_big       # VTTBR's base address is beyond PS
-    # The last table the walk read from, for runs of nearby IPAs: IPAs with
-    # the same tag take the same path down to that table.
-    bint cached
-    int c_level
-    u64 c_tag
-    u64 *c_table
-    u64 c_tpa               # that table's PA
-    u64 c_desc              # the descriptor that led to it (0 at the start level)
 
 cdef inline bint oa_too_big(Gran *t, PT *pt, u64 desc) noexcept nogil:
     # The output (or next-table) address, 52-bit with 64 KiB, against PS.
@@ -243,6 +196,23 @@ cdef void translate_all(Gran *t, PT *pt, TCfg *cfg, const u64 *ipas, TRow *rows,
 
 
 
+cdef void tcfg_init(PT *pt, TCfg *cfg, int access, bint ha, bint xnx) noexcept nogil:
+    memset(cfg, 0, sizeof(TCfg))
+    cfg.access = access
+    cfg.ha = ha
+    cfg.xnx = xnx
+    cfg.root_too_big = pt.ps_bits < 52 and (pt.root_pa >> pt.ps_bits) != 0
+
+
+cdef void translate_ipa(PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept nogil:
+    if pt.g.page_shift == 12:
+        translate_one(<G4K *>NULL, pt, cfg, ipa, r)
+    elif pt.g.page_shift == 14:
+        translate_one(<G16K *>NULL, pt, cfg, ipa, r)
+    else:
+        translate_one(<G64K *>NULL, pt, cfg, ipa, r)
+
+
 cdef object translate_out(Py_ssize_t n, int access, object out):
     """The result array: out when it fits, else a fresh one. translate_batch()
     explains a bad out in detail; the check here only keeps the C loop inside
@@ -262,11 +232,7 @@ cdef void translate_ipas(PT *pt, int access, bint ha, bint xnx, const u64 *ipas,
     """Translate n IPAs into out's rows, with the GIL released."""
     cdef TCfg cfg
     cdef TRow *rows = <TRow *>cnp.PyArray_DATA(out)
-    memset(&cfg, 0, sizeof(TCfg))
-    cfg.access = access
-    cfg.ha = ha
-    cfg.xnx = xnx
-    cfg.root_too_big = pt.ps_bits < 52 and (pt.root_pa >> pt.ps_bits) != 0
+    tcfg_init(pt, &cfg, access, ha, xnx)
     with nogil:
         if pt.g.page_shift == 12:
             translate_all(<G4K *>NULL, pt, &cfg, ipas, rows, n)

@@ -90,10 +90,10 @@ def _reg_arg(name: str):
 def custom_strategies(args: argparse.Namespace, given: Optional[list[Any]]) -> Optional[list[Any]]:
     """--strategies plus every --strategy NAME=FLAGS and --strategy-module
     FILE.py (None: the command's default set)."""
-    from .strategy import load_strategy_module, parse_custom
+    from .strategy import load_strategy_module, parse_strategy_option
     extra: list[Any] = []
     try:
-        extra += [parse_custom(t) for t in args.strategy or []]
+        extra += [parse_strategy_option(t) for t in args.strategy or []]
         for path in args.strategy_module or []:
             extra += load_strategy_module(path)
     except (TypeError, ValueError) as e:

@@ -29,7 +29,6 @@ What the selftest does, and how it is modelled:
 """
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
@@ -43,7 +42,7 @@ from .variants import Strategy
 from .hostrules import check_chunk as _chunk
 from .hostrules import host_rules
 from .memslot import Backing
-from .mmu import VM, guest_write
+from .mmu import VM
 from .sizes import GiB, KiB, MiB, format_size, parse_size
 from .variants import TableDiff, diff_tables
 from .workload import _delta, summarize
@@ -342,77 +341,10 @@ def guest_accesses(rng: GuestRandom, pages: int, write_percent: int, random_acce
 # ---------------------------------------------------------------------------
 # Running the phases
 
-_WINDOW = 4096
-
-
 def guest_pass(vm: VM, ipas: np.ndarray, writes: np.ndarray) -> None:
-    """The guest's accesses, in order, on ``vm``. The hardware walk is done
-    in batches (it costs KVM nothing); an access that may fault goes
-    through the VM's fault handler (``s2fast.mmu.guest_write``), one at a time. A fault
-    can change what later accesses see only inside the entry it found or
-    the block it maps, so only those are walked again."""
-    walk = vm.pt.translate_batch
-    page = vm.host.granule
-    page_shift = vm.host.page_shift
-    level_size = vm._level_size
-    kind_sizes = vm.host.kind_sizes
-    fault = functools.partial(guest_write, vm)
-    c = vm.counters
-    slot = None
-    for lo in range(0, len(ipas), _WINDOW):
-        ip = np.ascontiguousarray(ipas[lo:lo + _WINDOW], dtype=np.uint64)
-        wr = writes[lo:lo + _WINDOW]
-        t = walk(ip, "read", ha=False)
-        okv = t["ok"] & (~wr | t["writable"])
-        ipl, wrl, okl = ip.tolist(), wr.tolist(), okv.tolist()
-        lvl, dl = t["level"].tolist(), t["desc"].tolist()
-        slow_w = slow_r = 0
-        changed: set[int] = set()
-        todo = np.flatnonzero(~okv).tolist()
-        k = 0
-        while k < len(todo):
-            i = todo[k]
-            k += 1
-            if okl[i]:
-                continue
-            ipa = ipl[i]
-            if slot is None or not slot.base <= ipa < slot.base + slot.size:
-                slot = vm.slot_of(ipa)
-                if slot is None:
-                    raise ValueError(f"IPA {ipa:#x} is outside every memslot")
-            w = wrl[i]
-            lv = lvl[i]
-            pg = ipa >> page_shift
-            # the batch's walk is stale for a page an earlier fault changed
-            fault(slot, ipa & -page, w, None if pg in changed else (lv, dl[i]))
-            changed.add(pg)
-            if w:
-                slow_w += 1
-            else:
-                slow_r += 1
-            # what the fault may have changed: the entry the walk ended on,
-            # or the block the fault maps if that is larger
-            reach = level_size[lv]
-            if not slot.logging:
-                reach = max(reach, kind_sizes[slot.kind_at(ipa)])
-            if reach > page and i + 1 < len(ipl):
-                shift = np.uint64(reach.bit_length() - 1)
-                rest = np.flatnonzero((ip[i + 1:] >> shift) == (np.uint64(ipa) >> shift)) + i + 1
-                if len(rest):
-                    t2 = walk(ip[rest], "read", ha=False)
-                    ok2 = t2["ok"] & (~wr[rest] | t2["writable"])
-                    for j, o, lv2, d2 in zip(rest.tolist(), ok2.tolist(), t2["level"].tolist(),
-                                             t2["desc"].tolist()):
-                        okl[j], lvl[j], dl[j] = o, lv2, d2
-                    okv[rest] = ok2
-                    todo = (np.flatnonzero(~okv[i + 1:]) + i + 1).tolist()
-                    k = 0
-        nw = int(np.count_nonzero(wr)) - slow_w
-        nr = len(ipl) - int(np.count_nonzero(wr)) - slow_r
-        c["guest_writes"] += nw
-        c["writes_no_fault"] += nw
-        c["guest_reads"] += nr
-        c["reads_no_fault"] += nr
+    """The guest's accesses, in order, on ``vm``: one batch through the
+    engine's fault path (``VM.access_pages``)."""
+    vm.access_pages(ipas, writes)
 
 
 @dataclass

@@ -13,9 +13,10 @@ code does during dirty logging (live migration):
   being cleared, ``kvm_arch_mmu_enable_log_dirty_pt_masked`` (write-protect
   from the first to the last set bit; in initially-all-set mode, also split
   that range), then one TLB flush of the slot;
-* guest writes: the hardware walk is done on the descriptors directly (it
-  costs KVM nothing); a write that faults goes through ``user_mem_abort``'s
-  choice of ``relax_perms`` or ``map`` and marks the page dirty.
+* guest accesses: the MMU's walk of each (it costs KVM nothing); one that
+  faults goes through user_mem_abort()'s choice of ``relax_perms`` or
+  ``map``, and a write marks the page dirty. That path runs in the engine
+  (s2fast/_mmu.pyx), a batch of accesses per call (``VM.access_pages``).
 
 Every walk is the engine's, so every count is exact. Events that belong to
 mmu.c rather than pgtable.c (remote TLB flushes, cache top-ups, faults, mask
@@ -34,9 +35,9 @@ from typing import Any, Callable, Iterable, Optional
 import numpy as np
 
 from . import checks
-from ._pool import TABLE_PA_BASE, MemCache
-from .flags import EAGAIN, ENOMEM, RW, Prot, WalkFlags
-from .geometry import OA_MASK
+from ._mmu import FAULT_COUNTERS, FAULT_FLAGS  # noqa: F401 (FAULT_FLAGS: part of the API)
+from ._pool import MemCache
+from .flags import ENOMEM, RW
 from .hostrules import check_chunk, host_rules, split_nr_page_tables
 from .memslot import K2M, K4K, PHYS_OFFSET, Backing, Memslot, _assign_kinds
 from .pgtable import DEFAULT_RESERVE, Stage2PageTable
@@ -51,18 +52,9 @@ VCPU_CACHE_CAPACITY = 40
 MAX_TLBI_RANGE_PAGES = 1 << 21
 #: where add_memslot() places the first slot when no base is given (QEMU virt RAM)
 DEFAULT_BASE = 1 * GiB
-#: user_mem_abort() walks with these flags
-FAULT_FLAGS = int(WalkFlags.HANDLE_FAULT | WalkFlags.SHARED)
 #: bitmap words a CLEAR handles per batch of Python work (16 GiB of guest)
 _CLEAR_SEGMENT = 1 << 16
 _RW = int(RW)
-_R = int(Prot.R)
-
-# Descriptor bits the hardware walk reads.
-_PTE_VALID = 1
-_PTE_TABLE = 2
-_S2AP_W = 1 << 7
-_TABLE_PA_BASE = TABLE_PA_BASE
 
 #: the counters a VM keeps for mmu.c's own events (the engine counts the rest)
 COUNTERS = (
@@ -123,14 +115,12 @@ class VM:
         self.split_cache = MemCache(0, on_empty="allocate")
         self.vcpu_cache = MemCache(0, on_empty="allocate")
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
-        g = self.pt.geometry
-        self._vcpu_min_pages = 4 - g.start_level - 1          # kvm_mmu_cache_min_pages()
-        self._shift = {lv: g.level_shift(lv) for lv in range(g.start_level, 4)}
-        self._level_size = {lv: 1 << s for lv, s in self._shift.items()}
-        self._desc = self.pt.descriptors
+        # What the engine's fault path needs of the host: PMD_SIZE, the leaf
+        # size of each backing kind, PHYS_OFFSET, kvm_mmu_cache_min_pages()
+        # and the vCPU cache's capacity.
+        self._fault_host = (h.pmd_size, h.kind_sizes, PHYS_OFFSET, 4 - self.pt.geometry.start_level - 1,
+                            VCPU_CACHE_CAPACITY)
         self._page_mask = ~(h.granule - 1)
-        self._idx_mask = g.ptrs_per_table - 1
-        self._addr_mask = OA_MASK & ~(h.granule - 1)
 
     # -- configuration ------------------------------------------------------
 
@@ -216,7 +206,6 @@ class VM:
             ret = self.pt._map_unchecked(ipa, size, phys, _RW, mc, 0, kind == K4K)
             if ret:
                 raise RuntimeError(f"building memslot {slot.id}: map({ipa:#x}, {size:#x}) returned {ret}")
-        self._desc = self.pt.descriptors
 
     def _slots(self, slot: Any, logging: Optional[bool] = None) -> list[Memslot]:
         """The memslots ``slot`` names (all when None); with ``logging``,
@@ -336,57 +325,66 @@ class VM:
     # -- guest accesses ----------------------------------------------------------------
 
     def translate(self, ipa: int) -> tuple[int, int]:
-        """The hardware's stage-2 walk of ``ipa``: (level, descriptor) of the
+        """The MMU's stage-2 walk of ``ipa``: (level, descriptor) of the
         entry that ends it (descriptor 0 if invalid). Counts nothing."""
         ipa = checks.integer("ipa", ipa, 0, (1 << self.pt.ia_bits) - 1)
-        return self._translate(ipa)
-
-    def _translate(self, ipa: int) -> tuple[int, int]:
-        level = self.pt.start_level
-        shift = self._shift
-        idx = ipa >> shift[level]
-        base = 0
-        addr_mask, idx_mask = self._addr_mask, self._idx_mask
-        while True:
-            try:
-                pte = int(self._desc[base + idx])
-            except IndexError:          # the pool grew since the view was taken
-                self._desc = self.pt.descriptors
-                pte = int(self._desc[base + idx])
-            if not pte & _PTE_VALID:
-                return level, 0
-            if level == 3 or not pte & _PTE_TABLE:
-                return level, pte
-            base = ((pte & addr_mask) - _TABLE_PA_BASE) >> 3
-            level += 1
-            idx = (ipa >> shift[level]) & idx_mask
+        row = self.pt.translate_batch(np.array([ipa], dtype=np.uint64), "read", ha=True)[0]
+        desc = int(row["desc"])
+        return int(row["level"]), desc if desc & 1 else 0
 
     def write(self, ipa: int) -> int:
         """One guest write to ``ipa`` (inside a memslot); returns 0 or the
-        fault handler's error. See ``write_pages``."""
+        fault handler's error. See ``access_pages``."""
         ipa = checks.integer("ipa", ipa, 0, (1 << self.pt.ia_bits) - 1)
-        slot = self.slot_of(ipa)
-        if slot is None:
-            raise ValueError(f"IPA {ipa:#x} is outside every memslot")
-        return guest_write(self, slot, ipa & self._page_mask)
+        return self._access(np.array([ipa], dtype=np.uint64), np.ones(1, dtype=np.uint8))[1]
 
     def write_pages(self, ipas: Iterable[int]) -> int:
-        """Guest writes, one per page address, in order. A write to a
-        writable page costs nothing; one that faults is handled as
-        user_mem_abort() does for a write. Returns how many failed."""
-        errors = 0
-        slot_of = self.slot_of
-        last: Optional[Memslot] = None
-        page_mask = self._page_mask
-        for ipa in ipas:
-            ipa = int(ipa) & page_mask
-            if last is None or not (last.base <= ipa < last.end):
-                last = slot_of(ipa)
-                if last is None:
-                    raise ValueError(f"IPA {ipa:#x} is outside every memslot")
-            if guest_write(self, last, ipa):
-                errors += 1
+        """Guest writes, one per page address, in order. Returns how many
+        failed. See ``access_pages``."""
+        return self.access_pages(ipas, True)
+
+    def access_pages(self, ipas: Any, writes: Any = True) -> int:
+        """Guest accesses, in order: ``ipas`` (page addresses, each inside a
+        memslot) and ``writes`` (one bool per access, or one for all). An
+        access the MMU's walk allows costs nothing; one that faults is
+        handled as user_mem_abort() does, retried on -EAGAIN, and a write
+        marks its page dirty on a logging slot. Returns how many accesses
+        failed (the handler's error; counted in ``fault_errors``)."""
+        arr = np.asarray(list(ipas) if not hasattr(ipas, "__len__") else ipas)
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+            raise TypeError(f"ipas must be a sequence of integer addresses, not {arr.dtype} of shape {arr.shape}")
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) >> self.pt.ia_bits):
+            bad = int(arr.min()) if int(arr.min()) < 0 else int(arr.max())
+            raise ValueError(f"IPA {bad:#x} is outside the {self.pt.ia_bits}-bit IPA space")
+        w = np.asarray(writes)
+        if w.dtype != np.bool_:
+            raise TypeError(f"writes must be a bool or bools, not {w.dtype}")
+        w = np.broadcast_to(w, arr.shape) if w.ndim == 0 else w
+        if w.shape != arr.shape:
+            raise ValueError(f"writes has {w.size} values for {arr.size} accesses")
+        errors, _ = self._access(arr.astype(np.uint64), w.astype(np.uint8))
         return errors
+
+    def _access(self, ipas: np.ndarray, writes: np.ndarray) -> tuple[int, int]:
+        """The accesses through the engine's fault path: (failed, last error)."""
+        ipas = np.ascontiguousarray(ipas, dtype=np.uint64) & np.uint64(self._page_mask & 0xFFFFFFFFFFFFFFFF)
+        if len(ipas):
+            bases = np.array(self._bases, dtype=np.uint64)
+            i = np.searchsorted(bases, ipas, side="right").astype(np.int64) - 1
+            ends = np.array([s.end for s in self.memslots] + [0], dtype=np.uint64)
+            outside = (i < 0) | (ipas >= ends[i])
+            if outside.any():
+                raise ValueError(f"IPA {int(ipas[np.argmax(outside)]):#x} is outside every memslot")
+        slots = [(s.base, s.end, s.logging, s.kinds, s.dirty_bitmap) for s in self.memslots]
+        counts = np.zeros(len(FAULT_COUNTERS), dtype=np.uint64)
+        done, last = self.pt._guest_accesses(self.vcpu_cache, self._fault_host, slots, ipas,
+                                            np.ascontiguousarray(writes, dtype=np.uint8), counts)
+        c = self.counters
+        for name, v in zip(FAULT_COUNTERS, counts.tolist()):
+            c[name] += v
+        if done != len(ipas):       # the engine stops only on what was checked above
+            raise RuntimeError(f"the fault path stopped after {done} of {len(ipas)} accesses")
+        return int(counts[FAULT_COUNTERS.index("fault_errors")]), last
 
 
 # ---------------------------------------------------------------------------
@@ -493,56 +491,12 @@ def kvm_arch_mmu_enable_log_dirty_pt_masked(vm: VM, gfn_offset: int, mask: int) 
         kvm_mmu_split_huge_pages(vm, start, end)
 
 
-def guest_write(vm: VM, slot: Memslot, ipa: int, write: bool = True,
-                walked: Optional[tuple[int, int]] = None) -> int:
-    """A guest write (or, ``write=False``, read) of page ``ipa``: free when
-    the hardware walk finds it writable (for a read: valid), else a stage-2
-    fault (user_mem_abort()), retried on -EAGAIN; a write that lands marks
-    the page dirty (mark_page_dirty_in_slot()). ``walked``: the hardware
-    walk's (level, descriptor) for ``ipa`` when the caller has just done it
-    (a batch translation)."""
-    c = vm.counters
-    c["guest_writes" if write else "guest_reads"] += 1
-    ret = -EAGAIN
-    for attempt in range(4):
-        level, pte = walked if attempt == 0 and walked is not None else vm._translate(ipa)
-        if pte & _S2AP_W if write else pte:
-            if attempt == 0:
-                c["writes_no_fault" if write else "reads_no_fault"] += 1
-            return 0
-        ret = user_mem_abort(vm, slot, ipa, level, pte, write)
-        if ret != EAGAIN:
-            break
-        c["fault_retries"] += 1
-    if ret:
-        c["fault_errors"] += 1
-        return ret
-    if slot.logging and write:
-        off = (ipa - slot.base) >> vm.host.page_shift
-        slot.dirty_bytes[off >> 3] |= 1 << (off & 7)
-        c["pages_marked_dirty"] += 1
-    return 0
-
-
-def user_mem_abort(vm: VM, slot: Memslot, ipa: int, level: int, pte: int, write: bool = True) -> int:
-    """A fault on ``ipa``, whose walk ended at ``level`` with ``pte``: top
-    the vCPU cache up, then relax_perms() when the entry is a leaf of the
-    size to map, else map() that size (pages while logging, else the
-    backing's). A read faults only on an invalid entry; on a logging slot
-    it maps the page read-only (only a write fault maps it writable)."""
-    c = vm.counters
-    mc = vm.vcpu_cache
-    if mc.nobjs < vm._vcpu_min_pages:
-        c["vcpu_cache_topups"] += 1
-        c["vcpu_cache_topup_pages"] += VCPU_CACHE_CAPACITY - mc.nobjs
-        mc.topup(VCPU_CACHE_CAPACITY)
-    size = vm.host.kind_sizes[0 if slot.logging else slot.kind_at(ipa)]
-    if pte and size == vm._level_size[level]:
-        c["faults_perm"] += 1
-        return vm.pt._relax_perms_unchecked(ipa, _RW, FAULT_FLAGS)
-    c["faults_perm_block" if pte else "faults_translation"] += 1
-    if not write:
-        c["faults_read"] += 1
-    fipa = ipa & ~(size - 1)
-    prot = _RW if write or not slot.logging else _R
-    return vm.pt._map_unchecked(fipa, size, slot.phys(fipa), prot, mc, FAULT_FLAGS, False)
+def guest_write(vm: VM, slot: Memslot, ipa: int, write: bool = True) -> int:
+    """One guest write (``write=False``: read) of page ``ipa`` in ``slot``:
+    the MMU's walk, then user_mem_abort() if it faults, retried on -EAGAIN;
+    a write marks the page dirty (mark_page_dirty_in_slot()). Returns 0 or
+    the handler's error. user_mem_abort() itself is the engine's
+    (s2fast/_mmu.pyx), which runs whole batches (``VM.access_pages``)."""
+    if slot not in vm.memslots or not slot.contains(ipa):
+        raise ValueError(f"IPA {ipa:#x} is not inside memslot {slot.id} of this VM")
+    return vm._access(np.array([ipa], dtype=np.uint64), np.array([bool(write)], dtype=np.uint8))[1]

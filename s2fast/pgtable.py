@@ -417,6 +417,11 @@ class Stage2PageTable(_PageTable):
                          max_level: Optional[int] = None) -> int:
         return run_split(self._core, self.geometry.page_shift, strategy, ipa, size, mc, extra_flags, max_level)
 
+    def _guest_accesses(self, mc: MemCache, host: tuple, slots: list, ipas: np.ndarray, writes: np.ndarray,
+                        counts: np.ndarray) -> tuple[int, int]:
+        """Guest accesses through mmu.c's fault path (s2fast.mmu checks them)."""
+        return self._core.guest_accesses(mc, host, slots, ipas, writes, counts)
+
     def _cost_counts(self) -> tuple[int, int]:
         """(entries written, cmpxchg attempts): the engine's counts the cost
         model prices besides Stats (s2fast.cost)."""

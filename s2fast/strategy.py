@@ -189,6 +189,18 @@ def parse_custom(text: str) -> CustomStrategy:
     return CustomStrategy(name.strip(), flags, max_level)
 
 
+def parse_strategy_option(text: str) -> AnyStrategy:
+    """A ``--strategy`` value: ``NAME=FLAGS[,max_level=N]``, or a built-in
+    strategy's name."""
+    if isinstance(text, str) and "=" not in text:
+        try:
+            return parse_strategy(text)
+        except ValueError:
+            raise ValueError(f"strategy {text!r} is neither a built-in one ({', '.join(s.name for s in Strategy)}) "
+                             "nor NAME=FLAGS[,max_level=N]") from None
+    return parse_custom(text)
+
+
 def _parse_flags(spec: str, text: str) -> int:
     try:
         return int(spec, 0)

@@ -33,7 +33,7 @@ from .hostrules import check_chunk as _chunk  # noqa: F401
 from .memslot import (K1G, K2M, K4K, KIND_NAMES, KIND_SIZES, PHYS_OFFSET, Backing, Memslot,  # noqa: F401
                       _assign_kinds, _popcount)
 from .memory import DIFF_WINDOW, check_memory  # noqa: F401
-from .mmu import (_CLEAR_SEGMENT, _PTE_TABLE, _PTE_VALID, _R, _RW, _S2AP_W, _TABLE_PA_BASE,  # noqa: F401
+from .mmu import (_CLEAR_SEGMENT, _RW,  # noqa: F401
                   BITS_PER_LONG, COUNTERS, DEFAULT_BASE, FAULT_FLAGS, MAX_TLBI_RANGE_PAGES, VCPU_CACHE_CAPACITY,
                   VM)
 from .pgtable import DEFAULT_RESERVE, Stage2PageTable  # noqa: F401

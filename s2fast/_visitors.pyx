@@ -10,9 +10,11 @@ from libc.string cimport memset
 
 import numpy as np
 
-from ._types cimport LAST_LEVEL, PTE_VALID, ENOMEM, S2_EPYEXC, VISITOR_RET_MIN, align_down, g_level_size
+from ._types cimport MC, LAST_LEVEL, PTE_VALID, ENOMEM, S2_EPYEXC, VISITOR_RET_MIN, align_down, g_level_size
 from ._mm cimport mm_virt_to_phys
 from ._walk cimport visit_leaves, F_LEAF, F_TABLE_PRE
+from ._pool cimport mc_ptr
+from ._pgtable cimport stage2_split_walker
 
 LEAF_DTYPE = np.dtype([("ipa", "<u8"), ("level", "i1"), ("pte", "<u8")])
 
@@ -127,6 +129,33 @@ cdef class VisitCtx:
             raise ReadOnlyTableError("ctx.set() on a table in an external image")
         self.c.ptep[0] = <u64>new
         self.c.writes += 1     # the walker adds it to pt.c after the callback
+
+    def split(self, memcache):
+        """Split this entry as the kernel's stage2_split_walker() does, with
+        ``memcache`` as the split cache: a block becomes a table of pages
+        (or, with too few pages cached, of next-level blocks), through
+        create_unlinked(), break-before-make and the new table entry. Returns
+        the walker's result (0, -ENOMEM, -EAGAIN ...); 0 for an entry that
+        is not a valid block. What a Python split visitor calls for the
+        entries it chooses to split; the walk then descends into the new
+        table as it would after the kernel's visitor."""
+        cdef MC *mc
+        cdef void *saved
+        cdef int ret
+        self._check()
+        if memcache is None:
+            raise TypeError("ctx.split() needs the split cache (a MemCache; ctx.arg.memcache in a split)")
+        mc = mc_ptr(memcache)
+        if not self.pt.mm_ops.writable:
+            from .errors import ReadOnlyTableError
+            raise ReadOnlyTableError("ctx.split() on a table in an external image")
+        # ctx.arg is the walk's (this Python visitor); the kernel's visitor
+        # finds its cache there, for the length of the call.
+        saved = self.c.arg
+        self.c.arg = <void *>mc
+        ret = stage2_split_walker(self.pt, self.c, F_LEAF)
+        self.c.arg = saved
+        return ret
 
     def __repr__(self):
         if self.c == NULL:

@@ -94,7 +94,8 @@ class CustomStrategy:
     ``Stage2PageTable.split(flags=, max_level=)`` does. ``split_visitor``
     (optional) is ``visitor(ctx, visit) -> int | None`` run by the walker in
     place of the kernel's split visitor; ``ctx.arg`` is a ``SplitCall``
-    (the split cache). Outcome checks (final table against KERNEL's) apply
+    (the split cache), and ``ctx.split()`` splits the entry as the kernel's
+    visitor would. Outcome checks (final table against KERNEL's) apply
     as to every strategy."""
 
     name: str
@@ -248,10 +249,10 @@ class SplitCall:
     """``ctx.arg`` of a Python split visitor: the split cache
     (``memcache``, struct kvm_mmu_memory_cache) and the host's page shift.
 
-    The visitor sees and writes entries (``ctx.old``, ``ctx.set``) and
-    returns hints or errors as the engine's visitors do. It cannot allocate
-    a table during the walk: the engine does not nest operations on a table
-    (a nestable ``create_unlinked`` on the visit context is engine work)."""
+    The visitor sees and writes entries (``ctx.old``, ``ctx.set``), splits
+    one as the kernel's stage2_split_walker() does with
+    ``ctx.split(ctx.arg.memcache)``, and returns hints or errors as the
+    engine's visitors do."""
 
     __slots__ = ("memcache", "page_shift")
 

@@ -365,6 +365,62 @@ def test_wrong_python_split_visitor_is_caught_as_a_differing_table():
     assert not res.diffs["lazy"].identical
 
 
+def kernel_split_in_python(ctx, visit):
+    """stage2_split_walker() as a Python split visitor: the kernel's split of
+    each entry, through ctx.split()."""
+    return ctx.split(ctx.arg.memcache)
+
+
+def skip_return_in_python(ctx, visit):
+    """The RFC's first patch (the engine's stage2_split_skip_walker) restated
+    in Python: SKIP_CHILDREN for a table of pages, and after building a
+    whole page-level subtree."""
+    from s2fast.flags import SKIP_CHILDREN
+    if visit == WalkFlags.TABLE_PRE:
+        return SKIP_CHILDREN if ctx.level + 1 == 3 else 0
+    mc = ctx.arg.memcache
+    full = False
+    if ctx.level < 3 and ctx.old & 1:
+        nr = (1 << (ctx.arg.page_shift - 3)) + 1 if ctx.level == 1 else 1
+        full = ctx.level >= (1 if ctx.arg.page_shift == 12 else 2) and mc.nobjs >= nr
+    ret = ctx.split(mc)
+    return SKIP_CHILDREN if ret == 0 and full else ret
+
+
+@pytest.mark.parametrize("builtin, py", [(Strategy.KERNEL, CustomStrategy("py-kernel", split_visitor=kernel_split_in_python)),
+                                         (Strategy.SKIP_RETURN, CustomStrategy("py-skip", WalkFlags.LEAF | WalkFlags.TABLE_PRE,
+                                                                               split_visitor=skip_return_in_python))])
+def test_python_split_visitor_restating_a_builtin_gives_its_counts(builtin, py):
+    """A Python split visitor that splits through ctx.split() (the kernel's
+    stage2_split_walker on the entry) reproduces the built-in strategy it
+    restates: every count of every phase, and the final table."""
+    opts = Options(vcpu_bytes=GiB, backing_src="anonymous_hugetlb_1gb", eager_split_chunk="2M")
+    res = run_all(opts, [builtin, py])
+    a, b = res.runs[builtin.name], res.runs[py.name]
+    assert [p.counts for p in a.phases] == [p.counts for p in b.phases]
+    assert res.diffs[py.name].identical
+    assert a.phase("clear 1").counts["pages_alloc"] == 513       # 1 GiB: a table of blocks, 512 of pages
+    ga, gb = (VM(40, strategy=s, initially_set=False) for s in (builtin, py))
+    for vm in (ga, gb):
+        vm.add_memslot(2 * GiB, "mix:1g=50,2m=25,4k=25", seed=3)
+        vm.enable_dirty_logging()
+    assert ga.snapshot() == gb.snapshot() and np.array_equal(ga.pt.descriptors, gb.pt.descriptors)
+
+
+def test_ctx_split_needs_a_cache_and_is_valid_only_in_its_callback():
+    kept = []
+
+    def keep(ctx, visit):
+        kept.append(ctx)
+        return ctx.split(None)
+    vm = VM(40, strategy=CustomStrategy("bad", split_visitor=keep), initially_set=False, eager_split_chunk="2M")
+    vm.add_memslot(GiB, "1g")
+    with pytest.raises(TypeError, match="needs the split cache"):
+        vm.enable_dirty_logging()
+    with pytest.raises(RuntimeError, match="only valid during its callback"):
+        kept[0].split(vm.split_cache)
+
+
 def test_strategy_values_refused():
     with pytest.raises(ValueError, match="built-in strategy's"):
         CustomStrategy("kernel")

@@ -401,7 +401,7 @@ def kvm_stage2_wp_range(vm: VM, addr: int, end: int) -> int:
         nxt = (addr + piece) & ~(piece - 1)
         if nxt > end:
             nxt = end
-        ret = wrprotect(addr, nxt - addr)
+        ret = wrprotect(addr, nxt - addr, vm._strategy)
         n += 1
         if ret or nxt == end:
             break
@@ -485,7 +485,7 @@ def kvm_arch_mmu_enable_log_dirty_pt_masked(vm: VM, gfn_offset: int, mask: int) 
     if (start ^ (end - 1)) >> (vm.host.wp_piece.bit_length() - 1):
         kvm_stage2_wp_range(vm, start, end)
     else:
-        vm.pt._wrprotect_unchecked(start, end - start)
+        vm.pt._wrprotect_unchecked(start, end - start, vm._strategy)
         vm.counters["wp_calls"] += 1
     if vm.initially_set and vm._chunk != 0:
         kvm_mmu_split_huge_pages(vm, start, end)

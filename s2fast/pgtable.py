@@ -22,7 +22,7 @@ from .flags import ALL_WALK_FLAGS, Prot, WalkFlags
 from .geometry import GRANULES, PA_RANGE_BITS, Geometry, geometry
 from .image import copy_table, export_image, open_exported, open_image
 from .translate import Translation, as_ipas, check_out, parse_access
-from .strategy import as_strategy, run_split
+from .strategy import as_strategy, run_split, run_wrprotect
 from .variants import Strategy
 
 KNOWN_WALK_FLAGS = ALL_WALK_FLAGS
@@ -407,8 +407,8 @@ class Stage2PageTable(_PageTable):
                        force_pte: bool) -> int:
         return self._core.map(ipa, size, phys, prot, mc, flags, force_pte)
 
-    def _wrprotect_unchecked(self, ipa: int, size: int) -> int:
-        return self._core.wrprotect(ipa, size)
+    def _wrprotect_unchecked(self, ipa: int, size: int, strategy: Any = None) -> int:
+        return run_wrprotect(self._core, strategy, ipa, size)
 
     def _relax_perms_unchecked(self, ipa: int, prot: int, flags: int) -> int:
         return self._core.relax_perms(ipa, prot, flags)

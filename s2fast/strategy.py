@@ -57,10 +57,10 @@ class Strategy(enum.Enum):
 
     @staticmethod
     def custom(name: str, flags: int = int(WalkFlags.LEAF), max_level: int = LAST_LEVEL, *,
-               skip_return: bool = False, split_visitor: Any = None) -> Any:
+               skip_return: bool = False, split_visitor: Any = None, wrprotect_visitor: Any = None) -> Any:
         """Your own strategy, accepted wherever a Strategy is (a
         ``CustomStrategy``, below)."""
-        return CustomStrategy(name, flags, max_level, skip_return, split_visitor)
+        return CustomStrategy(name, flags, max_level, skip_return, split_visitor, wrprotect_visitor)
 
 
 _STRATEGY_ALIASES = {"SKIP_NEW_TABLE": "SKIP_LEVEL_NEW_TABLE", "SNT": "SKIP_LEVEL_NEW_TABLE"}
@@ -95,14 +95,18 @@ class CustomStrategy:
     (optional) is ``visitor(ctx, visit) -> int | None`` run by the walker in
     place of the kernel's split visitor; ``ctx.arg`` is a ``SplitCall``
     (the split cache), and ``ctx.split()`` splits the entry as the kernel's
-    visitor would. Outcome checks (final table against KERNEL's) apply
-    as to every strategy."""
+    visitor would. ``wrprotect_visitor`` (optional) likewise replaces the
+    kernel's write-protect visitor (stage2_attr_walker clearing S2AP_W) in
+    every kvm_pgtable_stage2_wrprotect() of the run: a LEAF walk of the
+    range, no ``ctx.arg``. Outcome checks (final table against KERNEL's)
+    apply as to every strategy."""
 
     name: str
     flags: int = int(WalkFlags.LEAF)
     max_level: int = LAST_LEVEL
     skip_return: bool = False
     split_visitor: Optional[Callable[..., Optional[int]]] = None
+    wrprotect_visitor: Optional[Callable[..., Optional[int]]] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -127,8 +131,10 @@ class CustomStrategy:
             raise ValueError(f"strategy {name}: max_level {lv!r} is outside -1..{LAST_LEVEL}")
         if not isinstance(self.skip_return, bool):
             raise TypeError(f"strategy {name}: skip_return must be a bool, not {self.skip_return!r}")
-        if self.split_visitor is not None and not callable(self.split_visitor):
-            raise TypeError(f"strategy {name}: split_visitor must be callable, not {self.split_visitor!r}")
+        for what in ("split_visitor", "wrprotect_visitor"):
+            v = getattr(self, what)
+            if v is not None and not callable(v):
+                raise TypeError(f"strategy {name}: {what} must be callable, not {v!r}")
         if self.split_visitor is not None and self.skip_return:
             raise ValueError(f"strategy {name}: skip_return selects the engine's visitor; a Python "
                              "split_visitor returns its own hints")
@@ -140,8 +146,10 @@ class CustomStrategy:
         parts = [f"flags={WalkFlags(self.flags)!r}", f"max_level={self.max_level}"]
         if self.skip_return:
             parts.append("skip_return")
-        if self.split_visitor is not None:
-            parts.append(f"split_visitor={getattr(self.split_visitor, '__name__', 'visitor')}")
+        for what in ("split_visitor", "wrprotect_visitor"):
+            v = getattr(self, what)
+            if v is not None:
+                parts.append(f"{what}={getattr(v, '__name__', 'visitor')}")
         return f"{self.name} ({', '.join(parts)})"
 
 
@@ -271,3 +279,13 @@ def run_split(core: Any, page_shift: int, strategy: AnyStrategy, addr: int, size
     if visitor is None:
         return core.split(addr, size, mc, flags, level, strategy.skip_return)
     return core.walk(addr, size, visitor, flags, SplitCall(mc, page_shift), level)
+
+
+def run_wrprotect(core: Any, strategy: Optional[AnyStrategy], addr: int, size: int) -> int:
+    """kvm_pgtable_stage2_wrprotect() of [addr, addr+size): the engine's, or
+    the strategy's Python write-protect visitor on a LEAF walk (as
+    stage2_update_leaf_attrs() walks)."""
+    visitor = getattr(strategy, "wrprotect_visitor", None)
+    if visitor is None:
+        return core.wrprotect(addr, size)
+    return core.walk(addr, size, visitor, int(WalkFlags.LEAF), None, LAST_LEVEL)

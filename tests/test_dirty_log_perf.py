@@ -407,6 +407,37 @@ def test_python_split_visitor_restating_a_builtin_gives_its_counts(builtin, py):
     assert ga.snapshot() == gb.snapshot() and np.array_equal(ga.pt.descriptors, gb.pt.descriptors)
 
 
+def wrprotect_in_python(ctx, visit):
+    """stage2_attr_walker() clearing S2AP_W, restated: -EAGAIN (ignored by
+    a walk without HANDLE_FAULT) for an invalid entry, a store only when the
+    entry changes."""
+    if not ctx.old & 1:
+        return -11
+    new = ctx.old & ~(1 << 7)
+    if new != ctx.old:
+        ctx.set(new)
+    return 0
+
+
+def test_python_wrprotect_visitor_restating_the_kernels_gives_its_counts():
+    py = CustomStrategy("py-wp", wrprotect_visitor=wrprotect_in_python)
+    for opts in (Options(vcpu_bytes=256 * MiB, backing_src="anonymous_thp", eager_split_chunk="2M"),
+                 Options(vcpu_bytes=256 * MiB, manual_protect=False, write_percent=50, random_access=True)):
+        res = run_all(opts, [py])
+        a, b = res.runs["KERNEL"], res.runs["py-wp"]
+        assert [p.counts for p in a.phases] == [p.counts for p in b.phases]
+        assert res.diffs["py-wp"].identical and sum(p.counts["wp_calls"] for p in a.phases) > 0
+
+
+def test_wrong_python_wrprotect_visitor_is_caught():
+    lazy = CustomStrategy("no-wp", wrprotect_visitor=lambda ctx, visit: 0)
+    res = run_all(Options(vcpu_bytes=64 * MiB, backing_src="anonymous_thp"), [lazy])
+    assert not res.diffs["no-wp"].identical     # blocks left writable
+    # the guest's writes after CLEAR: every page faults under KERNEL, none here
+    assert res.runs["KERNEL"].phase("dirty 2").faults == 64 * MiB // 4096
+    assert res.runs["no-wp"].phase("dirty 2").faults == 0
+
+
 def test_ctx_split_needs_a_cache_and_is_valid_only_in_its_callback():
     kept = []
 

@@ -112,6 +112,7 @@ cdef class TableShell:
         if self.pt.mm_ops != NULL:
             self.pt.mm_ops.release(&self.pt)
             self.pt.mm_ops = NULL
+            self.pt.mm = NULL
 
     def __dealloc__(self):
         self._detach()

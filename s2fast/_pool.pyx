@@ -11,7 +11,7 @@ from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_AN
 import numpy as np
 cimport numpy as cnp
 
-from ._types cimport MM_POOL, ERR_NOPOOL, ERR_CORRUPT
+from ._types cimport MM_POOL, ERR_NOPOOL, ERR_CORRUPT, mm_attach
 from ._events cimport warn, W_MC_ALLOC
 
 cnp.import_array()
@@ -93,14 +93,11 @@ cdef u64 *pool_zalloc_page(PT *pt, MC *mc) noexcept nogil:
 
 cdef void pool_release(PT *pt) noexcept nogil:
     cdef Pool *p = pool_of(pt)
-    if p == NULL:
-        return
     if p.mem != NULL:
         munmap(p.mem, p.reserved_bytes)
     free(p.refcnt)
     free(p.free_stack)
     free(p)
-    pt.mm = NULL
 
 
 cdef MmOps POOL_OPS = MmOps(
@@ -117,9 +114,7 @@ cdef int pool_attach(PT *pt, size_t reserve_bytes) except -1:
     cdef u64 i
     if p == NULL:
         raise MemoryError()
-    pt.mm = p
-    pt.mm_ops = &POOL_OPS
-    pt.mm_kind = MM_POOL
+    mm_attach(pt, p, &POOL_OPS, MM_POOL)
     # Reserve address space once so pages never move (numpy views stay
     # valid) and only touched pages cost memory.
     while size >= (<size_t>pt.g.pgd_pages << pt.g.page_shift) and size >= 4096:

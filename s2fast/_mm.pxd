@@ -5,6 +5,12 @@
 # simulator builds, and the one on every hot path -- is called inline rather
 # than through the pointer (a devirtualised call: the same functions, the
 # pool's MmOps holds them too). Any other backend needs no change here.
+#
+# A loop that runs long over one table (architectural translation) takes the
+# backend as a compile-time tag instead, as it takes the granule (_types.pxd):
+# one copy per tag, with the test made once per call rather than per page
+# operation (where the other backend's opaque call would also make the
+# compiler reload everything after it on the pool's path too).
 
 from ._types cimport u64, PT, MC, Ctx, MM_POOL, ERR_CORRUPT, set_error, g_pte_to_phys
 from ._pool cimport (pool_zalloc_page, pool_get_page, pool_put_page, pool_page_count,
@@ -33,20 +39,41 @@ cdef inline int mm_page_count(PT *pt, u64 *addr) noexcept nogil:
 
 cdef inline u64 *mm_phys_to_virt(PT *pt, u64 pa, u64 nbytes) noexcept nogil:
     if pt.mm_kind == MM_POOL:
-        return pool_phys_to_virt(pt, pa, nbytes)
-    return pt.mm_ops.phys_to_virt(pt, pa, nbytes)
+        return mm_phys_to_virt_of(<MmPool *>NULL, pt, pa, nbytes)
+    return mm_phys_to_virt_of(<MmAny *>NULL, pt, pa, nbytes)
 
 cdef inline u64 mm_virt_to_phys(PT *pt, const u64 *addr) noexcept nogil:
     if pt.mm_kind == MM_POOL:
         return pool_virt_to_phys(pt, addr)
     return pt.mm_ops.virt_to_phys(pt, addr)
 
-cdef inline u64 *mm_table(PT *pt, u64 pa) noexcept nogil:
+cdef struct MmPool:         # the backend is the pool: called inline
+    char unused
+cdef struct MmAny:          # any backend: through pt.mm_ops
+    char unused
+
+ctypedef fused Mm:
+    MmPool
+    MmAny
+
+cdef inline u64 *mm_table_of(const Mm *b, PT *pt, u64 pa) noexcept nogil:
     """The table page at pa, or NULL when there is none (phys_to_virt of a
     whole page; the pool's form of it is the walker's per-table lookup)."""
-    if pt.mm_kind == MM_POOL:
+    if Mm is MmPool:
         return pool_table(pt, pa)
-    return pt.mm_ops.phys_to_virt(pt, pa, (<u64>1) << pt.g.page_shift)
+    else:
+        return pt.mm_ops.phys_to_virt(pt, pa, (<u64>1) << pt.g.page_shift)
+
+cdef inline u64 *mm_phys_to_virt_of(const Mm *b, PT *pt, u64 pa, u64 nbytes) noexcept nogil:
+    if Mm is MmPool:
+        return pool_phys_to_virt(pt, pa, nbytes)
+    else:
+        return pt.mm_ops.phys_to_virt(pt, pa, nbytes)
+
+cdef inline u64 *mm_table(PT *pt, u64 pa) noexcept nogil:
+    if pt.mm_kind == MM_POOL:
+        return mm_table_of(<MmPool *>NULL, pt, pa)
+    return mm_table_of(<MmAny *>NULL, pt, pa)
 
 cdef inline u64 *follow_pa(PT *pt, Ctx *ctx, u64 pa) noexcept nogil:
     """The child table at pa (ctx's descriptor's address), or NULL with the

@@ -12,7 +12,7 @@ cimport numpy as cnp
 
 from ._types cimport (Geom, Gran, G4K, G16K, G64K, LAST_LEVEL, MM_POOL, PTE_VALID, S2AP_R, S2AP_W, S2_AF,
                       g_level_shift, g_table_shift, g_page_shift, g_ptrs, g_pte_to_phys)
-from ._mm cimport Mm, MmPool, MmAny, mm_table_of, mm_phys_to_virt_of
+from ._mm cimport Mm, MM_POOL_TAG, MM_OTHER, mm_table, mm_phys_to_virt
 
 cnp.import_array()
 
@@ -93,7 +93,7 @@ cdef inline void t_fault(TRow *r, int kind, int level) noexcept nogil:
     r.level = level
     r.fsc = FSC_BASE[kind] + level
 
-cdef void translate_one(Gran *t, Mm *b, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept nogil:
+cdef void translate_one(Gran *t, const Mm *b, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept nogil:
     cdef int level = pt.g.start_level
     cdef int shift
     cdef u64 idx, desc = 0, bs, xn, tpa
@@ -140,7 +140,7 @@ cdef void translate_one(Gran *t, Mm *b, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noe
         else:
             # The page is not wholly in memory: the MMU reads one descriptor,
             # which may still be there (an image cut short).
-            entry = mm_phys_to_virt_of(b, pt, tpa + idx * 8, 8)
+            entry = mm_phys_to_virt(b, pt, tpa + idx * 8, 8)
         if entry == NULL:
             t_fault(r, FAULT_EXTERNAL, level)
             return
@@ -155,7 +155,7 @@ cdef void translate_one(Gran *t, Mm *b, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noe
             t_fault(r, FAULT_ADDRESS_SIZE, level)
             return
         tpa = g_pte_to_phys(t, desc)
-        table = mm_table_of(b, pt, tpa)
+        table = mm_table(b, pt, tpa)
         level += 1
         shift = g_level_shift(t, level)
         idx = (ipa >> shift) & (g_ptrs(t) - 1)
@@ -206,7 +206,7 @@ cdef void translate_one(Gran *t, Mm *b, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noe
 cdef enum:
     PREFETCH_AHEAD = 12
 
-cdef inline void prefetch_entry(Gran *t, Mm *b, PT *pt, u64 ipa) noexcept nogil:
+cdef inline void prefetch_entry(Gran *t, const Mm *b, PT *pt, u64 ipa) noexcept nogil:
     cdef int level = pt.g.start_level
     cdef int shift = g_level_shift(t, level)
     cdef u64 idx, desc
@@ -220,14 +220,14 @@ cdef inline void prefetch_entry(Gran *t, Mm *b, PT *pt, u64 ipa) noexcept nogil:
         desc = table[idx]
         if (desc & 3) != 3:
             break
-        table = mm_table_of(b, pt, g_pte_to_phys(t, desc))
+        table = mm_table(b, pt, g_pte_to_phys(t, desc))
         level += 1
         shift = g_level_shift(t, level)
         idx = (ipa >> shift) & (g_ptrs(t) - 1)
     if table != NULL:
         __builtin_prefetch(table + idx)
 
-cdef void translate_all(Gran *t, Mm *b, PT *pt, TCfg *cfg, const u64 *ipas, TRow *rows,
+cdef void translate_all(Gran *t, const Mm *b, PT *pt, TCfg *cfg, const u64 *ipas, TRow *rows,
                         Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef int tag_shift = g_level_shift(t, LAST_LEVEL) + g_table_shift(t)
@@ -270,12 +270,12 @@ cdef void translate_ipas(PT *pt, int access, bint ha, bint xnx, const u64 *ipas,
     cfg.root_too_big = pt.ps_bits < 52 and (pt.root_pa >> pt.ps_bits) != 0
     with nogil:
         if pt.mm_kind == MM_POOL:
-            translate_granule(<MmPool *>NULL, pt, &cfg, ipas, rows, n)
+            translate_granule(MM_POOL_TAG, pt, &cfg, ipas, rows, n)
         else:
-            translate_granule(<MmAny *>NULL, pt, &cfg, ipas, rows, n)
+            translate_granule(MM_OTHER, pt, &cfg, ipas, rows, n)
 
 
-cdef void translate_granule(Mm *b, PT *pt, TCfg *cfg, const u64 *ipas, TRow *rows,
+cdef void translate_granule(const Mm *b, PT *pt, TCfg *cfg, const u64 *ipas, TRow *rows,
                             Py_ssize_t n) noexcept nogil:
     if pt.g.page_shift == 12:
         translate_all(<G4K *>NULL, b, pt, cfg, ipas, rows, n)

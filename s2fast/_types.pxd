@@ -93,14 +93,19 @@ cdef enum:
 # shifts, masks and PTRS_PER_PTE folded (the walker's and translation's hot
 # loops). Everything else passes &pt.g.
 
+# The small fields the hot loops read on every entry (here and in PT) are
+# short, a type that no store in those loops has (entries are u64, refcounts
+# int32, counters cnt_t): by C's aliasing rules the compiler then keeps them
+# in registers for the whole loop instead of reloading them after each store
+# (callgrind, 4K build: -6 % instructions; split 1 GiB -> 4K: -8 %).
 cdef struct Geom:
-    int page_shift          # 12, 14, 16
-    int table_shift         # page_shift - 3: log2(PTRS_PER_PTE)
+    short page_shift        # 12, 14, 16
+    short table_shift       # page_shift - 3: log2(PTRS_PER_PTE)
     u64 ptrs                # PTRS_PER_PTE
-    int start_level
-    int ia_bits
+    short start_level
+    short ia_bits
     u64 pgd_pages
-    int min_block_level     # KVM_PGTABLE_MIN_BLOCK_LEVEL
+    short min_block_level   # KVM_PGTABLE_MIN_BLOCK_LEVEL
     u64 addr_mask           # KVM_PTE_ADDR_MASK (g_addr_mask(), kept for the run-time form)
 
 cdef struct G4K:
@@ -275,7 +280,7 @@ cdef struct PT:
     Geom g
     const MmOps *mm_ops
     void *mm                # the backend's state
-    int mm_kind             # MM_POOL: _mm.pxd calls the pool inline; else MM_OTHER
+    short mm_kind           # MM_POOL: _mm.pxd calls the pool inline; else MM_OTHER (short: see Geom)
     # Root: pgd[i] is concatenated root page i (NULL: outside an image's memory).
     u64 *pgd[16]
     u64 root_pa
@@ -284,10 +289,11 @@ cdef struct PT:
     int ps_bits
     bint ha
     Counters c
-    bint has_pgd
-    bint fwb
-    bint xnx
-    bint tlb_range
+    # Booleans, short for the reason given at Geom.
+    short has_pgd
+    short fwb
+    short xnx
+    short tlb_range
     # First corruption seen during the current operation.
     int err_kind
     u64 err_ipa

@@ -361,9 +361,11 @@ cdef int stage2_map_pool_cb(PT *pt, Ctx *ctx, int visit) noexcept nogil:
 
 cdef int stage2_map_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
     # A run of last-level entries (every page of a 4K build or a split) on
-    # the pool takes the loop's copy with the pool's page operations inline
-    # (see _mm.pxd): the backend is tested once per run, not per entry.
-    if pt.mm_kind == MM_POOL:
+    # the pool, not shared, takes the loop's copy with the pool's page
+    # operations inline (see _mm.pxd) and kvm_pgtable_walk_shared() folded
+    # out: both are tested once per run, not per entry. Shared walks (the
+    # fault path: a page or a few) take the other copy.
+    if pt.mm_kind == MM_POOL and not (ctx.flags & F_SHARED):
         return visit_leaves(pt, ctx, ptep0, n, done, stage2_map_pool_cb)
     return visit_leaves(pt, ctx, ptep0, n, done, stage2_map_cb)
 

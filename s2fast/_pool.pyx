@@ -61,7 +61,11 @@ cdef s64 pool_new_page(PT *pt) noexcept nogil:
             p.refcnt = nr
             p.refcap = cap
         page = p.n_pages
-        p.n_pages += 1      # fresh mmap memory is already zero
+        p.n_pages += 1
+        # Fresh mmap memory is already zero; write it once now so the first
+        # access (the walker reads a new table before writing it) does not
+        # map the shared zero page only for the first write to fault again.
+        pool_page(pt, page)[0] = 0
     p.refcnt[page] = 1
     p.live += 1
     pt.c.pages_alloc += 1

@@ -14,7 +14,7 @@ cimport numpy as cnp
 from ._types cimport (u64, s64, PT, MC, Walker, Counters, Geom, G4K, G16K, G64K, g_addr_mask, LAST_LEVEL, MM_POOL, ERR_NONE,
                       ERR_CORRUPT, ERR_OUTSIDE, ERR_NOPOOL, S2_EROFS, VISITOR_RET_MIN)
 from ._walk cimport kvm_pgtable_walk, F_LEAF
-from ._mm cimport mm_table, mm_virt_to_phys
+from ._mm cimport MM_ANY, mm_table, mm_virt_to_phys
 from ._pool cimport (Pool, pool_attach, pool_descriptors, pool_refcounts, pool_load_pages, mc_ptr)
 from ._extmem cimport extmem_attach
 from ._events cimport counters_dict
@@ -113,6 +113,7 @@ cdef class TableShell:
         if self.pt.mm_ops != NULL:
             self.pt.mm_ops.release(&self.pt)
             self.pt.mm_ops = NULL
+            self.pt.mm = NULL
 
     def __dealloc__(self):
         self._detach()
@@ -387,7 +388,7 @@ cdef class Stage2Core(TableShell):
         self._leave(err if err > VISITOR_RET_MIN else 0)
         if base == NULL:
             return err, None
-        return 0, mm_virt_to_phys(&self.pt, base)
+        return 0, mm_virt_to_phys(MM_ANY, &self.pt, base)
 
     def free_unlinked(self, u64 table_pa, int level):
         cdef u64 *table
@@ -395,7 +396,7 @@ cdef class Stage2Core(TableShell):
         self._check_writable()
         if level < -1 or level > LAST_LEVEL:
             raise ValueError(f"level {level} is outside -1..3")
-        table = mm_table(&self.pt, table_pa)
+        table = mm_table(MM_ANY, &self.pt, table_pa)
         if table == NULL:
             raise ValueError(f"{table_pa:#x} is not a live table page of this page table")
         self._enter()

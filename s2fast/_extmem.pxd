@@ -11,7 +11,7 @@ cdef struct Seg:
     u64 *host               # host address of the byte at pa (8-byte aligned)
 
 cdef struct ExtMem:
-    Seg *segs
+    Seg *segs               # nsegs entries, in the same allocation, after the struct
     int nsegs
 
 cdef u64 *extmem_ptr(const ExtMem *m, u64 pa, u64 nbytes) noexcept nogil

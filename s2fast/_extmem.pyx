@@ -4,7 +4,7 @@ memory (segments of (PA, bytes)), read in place and never written."""
 
 from libc.stdlib cimport calloc, free
 
-from ._types cimport MmOps, MC, MM_OTHER, ERR_OUTSIDE, root_entries_in_ia
+from ._types cimport MmOps, MC, MM_OTHER, ERR_OUTSIDE, mm_attach, root_entries_in_ia
 
 
 cdef u64 *extmem_ptr(const ExtMem *m, u64 pa, u64 nbytes) noexcept nogil:
@@ -61,11 +61,7 @@ cdef int ext_page_count(PT *pt, u64 *addr) noexcept nogil:
 
 
 cdef void ext_release(PT *pt) noexcept nogil:
-    cdef ExtMem *m = <ExtMem *>pt.mm
-    if m != NULL:
-        free(m.segs)
-        free(m)
-    pt.mm = NULL
+    free(pt.mm)         # the segment array is part of the block
 
 
 cdef MmOps EXTMEM_OPS = MmOps(
@@ -82,15 +78,11 @@ cdef int extmem_attach(PT *pt, list segments) except -1:
     cdef Py_ssize_t i, n = len(segments)
     cdef u64 pa, size
     cdef size_t host
-    cdef ExtMem *m = <ExtMem *>calloc(1, sizeof(ExtMem))
+    cdef ExtMem *m = <ExtMem *>calloc(1, sizeof(ExtMem) + <size_t>n * sizeof(Seg))
     if m == NULL:
         raise MemoryError()
-    pt.mm = m
-    pt.mm_ops = &EXTMEM_OPS
-    pt.mm_kind = MM_OTHER
-    m.segs = <Seg *>calloc(n if n else 1, sizeof(Seg))
-    if m.segs == NULL:
-        raise MemoryError()
+    m.segs = <Seg *>(m + 1)
+    mm_attach(pt, m, &EXTMEM_OPS, MM_OTHER)
     for i in range(n):
         pa, arr = segments[i]
         mv = arr

@@ -8,7 +8,7 @@ Each visitor's per-entry behaviour is written once, in its walker function;
 its run function (the walker's last-level loop) is visit_leaves() with that
 walker. Pages are reached only through mm_ops (_mm.pxd)."""
 
-from ._types cimport (Ctx, Walker, visitor_fn, leaf_run_fn, LAST_LEVEL, PTE_VALID, PTE_TYPE, ATTR_LO, ATTR_HI, ATTR_HI_SW,
+from ._types cimport (Ctx, MM_POOL, Walker, visitor_fn, leaf_run_fn, LAST_LEVEL, PTE_VALID, PTE_TYPE, ATTR_LO, ATTR_HI, ATTR_HI_SW,
                       S2AP_R, S2AP_W, S2_SH_IS, S2_AF, S2_XN, S2_PERMS, INVALID_PTE_OWNER_MASK,
                       INVALID_PTE_LOCKED, MEMATTR_DEVICE, MEMATTR_NC, PROT_PX, PROT_UX, PROT_X, PROT_W,
                       PROT_R, PROT_DEVICE, PROT_NC, TTL_UNKNOWN, LEVEL_UNINIT, E2BIG, EAGAIN, ENOMEM,
@@ -19,7 +19,7 @@ from ._events cimport (warn, tlbi_vmid_ipa, tlbi_vmid_ipa_nsh, kvm_tlb_flush_vmi
                        dcache_clean_inval_poc, icache_inval_pou, W_BREAK_LOCKED, W_MAKE_NOT_LOCKED,
                        W_TRY_SET, W_MAP_LAST_LEVEL, W_CLEAR_YOUNG, W_DESTROY_RANGE,
                        W_FREE_UNLINKED_WALK, W_FREE_UNLINKED_COUNT, W_NR_PAGE_TABLES)
-from ._mm cimport (mm_zalloc_page, mm_get_page, mm_put_page, mm_page_count, mm_virt_to_phys,
+from ._mm cimport (Mm, MM_ANY, MM_POOL_TAG, mm_zalloc_page, mm_get_page, mm_put_page, mm_page_count, mm_virt_to_phys,
                    kvm_pte_follow, put_entry)
 from ._walk cimport (kvm_pgtable_walk, walk_unlinked, visit_leaves, visit_leaves_fold_shared,
                      kvm_pgtable_walk_shared,
@@ -46,8 +46,8 @@ cdef inline int walk(PT *pt, u64 addr, u64 size, visitor_fn cb, leaf_run_fn run,
 # ---------------------------------------------------------------------------
 # Descriptors
 
-cdef inline u64 kvm_init_table_pte(PT *pt, u64 *childp) noexcept nogil:
-    return g_phys_to_pte(&pt.g, mm_virt_to_phys(pt, childp)) | PTE_TYPE | PTE_VALID
+cdef inline u64 kvm_init_table_pte(const Mm *b, PT *pt, u64 *childp) noexcept nogil:
+    return g_phys_to_pte(&pt.g, mm_virt_to_phys(b, pt, childp)) | PTE_TYPE | PTE_VALID
 
 
 cdef inline u64 kvm_init_valid_leaf_pte(PT *pt, u64 pa, u64 attr, int level) noexcept nogil:
@@ -151,7 +151,7 @@ cdef inline bint stage2_try_set_pte(PT *pt, Ctx *ctx, u64 new) noexcept nogil:
     return False
 
 
-cdef inline bint stage2_try_break_pte(PT *pt, Ctx *ctx) noexcept nogil:
+cdef inline bint stage2_try_break_pte(const Mm *b, PT *pt, Ctx *ctx) noexcept nogil:
     cdef u64 size
     if pte_is_locked(ctx.old):
         if not kvm_pgtable_walk_shared(ctx):
@@ -168,15 +168,15 @@ cdef inline bint stage2_try_break_pte(PT *pt, Ctx *ctx) noexcept nogil:
         else:
             tlbi_vmid_ipa(pt, ctx.addr, ctx.level)
     if pte_is_counted(ctx.old):
-        put_entry(pt, ctx, ctx.ptep)
+        put_entry(b, pt, ctx, ctx.ptep)
     return True
 
 
-cdef inline void stage2_make_pte(PT *pt, Ctx *ctx, u64 new) noexcept nogil:
+cdef inline void stage2_make_pte(const Mm *b, PT *pt, Ctx *ctx, u64 new) noexcept nogil:
     if not pte_is_locked(ctx.ptep[0]):
         warn(pt, W_MAKE_NOT_LOCKED)
     if pte_is_counted(new):
-        mm_get_page(pt, ctx.ptep)
+        mm_get_page(b, pt, ctx.ptep)
     write_pte(ctx, new)
 
 # ---------------------------------------------------------------------------
@@ -187,15 +187,15 @@ cdef int stage2_free_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     if not pte_is_counted(ctx.old):
         return 0
     if visit == F_LEAF:
-        return 0 if put_entry(pt, ctx, ctx.ptep) else S2_ECORRUPT
+        return 0 if put_entry(MM_ANY, pt, ctx, ctx.ptep) else S2_ECORRUPT
     if visit == F_TABLE_POST:
-        childp = kvm_pte_follow(pt, ctx, ctx.old)
+        childp = kvm_pte_follow(MM_ANY, pt, ctx, ctx.old)
         if childp == NULL:
             return S2_ECORRUPT
-        if mm_page_count(pt, childp) != 1:
+        if mm_page_count(MM_ANY, pt, childp) != 1:
             return 0
-        put_entry(pt, ctx, ctx.ptep)
-        mm_put_page(pt, childp)
+        put_entry(MM_ANY, pt, ctx, ctx.ptep)
+        mm_put_page(MM_ANY, pt, childp)
         write_pte(ctx, 0)
         return 0
     return -EINVAL
@@ -215,9 +215,9 @@ cdef void kvm_pgtable_stage2_free_unlinked(PT *pt, u64 *pgtable, int level) noex
     pt.c.unlinked_freed += 1
     if walk_unlinked(pt, &w, pgtable, level + 1, granule(pt, level)):
         warn(pt, W_FREE_UNLINKED_WALK)
-    if mm_page_count(pt, pgtable) != 1:
+    if mm_page_count(MM_ANY, pt, pgtable) != 1:
         warn(pt, W_FREE_UNLINKED_COUNT)
-    mm_put_page(pt, pgtable)
+    mm_put_page(MM_ANY, pt, pgtable)
 
 # ---------------------------------------------------------------------------
 # Map (stage2_map_walker)
@@ -268,7 +268,7 @@ cdef inline bint stage2_pte_needs_update(u64 old, u64 new) noexcept nogil:
     return ((old ^ new) & ~S2_PERMS) != 0
 
 
-cdef inline int stage2_map_walker_try_leaf(PT *pt, Ctx *ctx, stage2_map_data *data) noexcept nogil:
+cdef inline int stage2_map_walker_try_leaf(const Mm *b, PT *pt, Ctx *ctx, stage2_map_data *data) noexcept nogil:
     cdef u64 new
     cdef u64 phys = data.phys + (ctx.addr - ctx.start)
     cdef u64 gs = granule(pt, ctx.level)
@@ -287,31 +287,31 @@ cdef inline int stage2_map_walker_try_leaf(PT *pt, Ctx *ctx, stage2_map_data *da
         old_counted = pte_is_counted(ctx.old)
         if old_counted != pte_is_counted(new):
             if old_counted:
-                put_entry(pt, ctx, ctx.ptep)
+                put_entry(b, pt, ctx, ctx.ptep)
             else:
-                mm_get_page(pt, ctx.ptep)
+                mm_get_page(b, pt, ctx.ptep)
         if not stage2_try_set_pte(pt, ctx, new):
             warn(pt, W_TRY_SET)
         return 0
-    if not stage2_try_break_pte(pt, ctx):
+    if not stage2_try_break_pte(b, pt, ctx):
         return -EAGAIN
     if not (ctx.flags & F_SKIP_CMO) and pte_cacheable(pt, new):
         dcache_clean_inval_poc(pt, g_pte_to_phys(&pt.g, new), gs)
     if not (ctx.flags & F_SKIP_CMO) and pte_executable(new):
         icache_inval_pou(pt, g_pte_to_phys(&pt.g, new), gs)
-    stage2_make_pte(pt, ctx, new)
+    stage2_make_pte(b, pt, ctx, new)
     return 0
 
 
-cdef int stage2_map_walk_table_pre(PT *pt, Ctx *ctx, stage2_map_data *data) noexcept nogil:
+cdef int stage2_map_walk_table_pre(const Mm *b, PT *pt, Ctx *ctx, stage2_map_data *data) noexcept nogil:
     # Replace a table by a block if we can.
     cdef int ret
-    cdef u64 *childp = kvm_pte_follow(pt, ctx, ctx.old)
+    cdef u64 *childp = kvm_pte_follow(b, pt, ctx, ctx.old)
     if childp == NULL:
         return S2_ECORRUPT
     if not stage2_leaf_mapping_allowed(pt, ctx, data):
         return 0
-    ret = stage2_map_walker_try_leaf(pt, ctx, data)
+    ret = stage2_map_walker_try_leaf(b, pt, ctx, data)
     if ret:
         return ret
     kvm_pgtable_stage2_free_unlinked(pt, childp, ctx.level)
@@ -320,8 +320,8 @@ cdef int stage2_map_walk_table_pre(PT *pt, Ctx *ctx, stage2_map_data *data) noex
     return 0
 
 
-cdef inline int stage2_map_walk_leaf(PT *pt, Ctx *ctx, stage2_map_data *data) noexcept nogil:
-    cdef int ret = stage2_map_walker_try_leaf(pt, ctx, data)
+cdef inline int stage2_map_walk_leaf(const Mm *b, PT *pt, Ctx *ctx, stage2_map_data *data) noexcept nogil:
+    cdef int ret = stage2_map_walker_try_leaf(b, pt, ctx, data)
     cdef u64 *childp
     if ret != -E2BIG:
         return ret
@@ -330,28 +330,44 @@ cdef inline int stage2_map_walk_leaf(PT *pt, Ctx *ctx, stage2_map_data *data) no
         return -EINVAL
     if data.memcache == NULL:
         return -ENOMEM
-    childp = mm_zalloc_page(pt, data.memcache)
+    childp = mm_zalloc_page(b, pt, data.memcache)
     if childp == NULL:
         return S2_ENOPOOL if pt.err_kind else -ENOMEM
-    if not stage2_try_break_pte(pt, ctx):
-        mm_put_page(pt, childp)
+    if not stage2_try_break_pte(b, pt, ctx):
+        mm_put_page(b, pt, childp)
         return -EAGAIN
     # A block met on the way becomes a table; the rest of it refaults.
-    stage2_make_pte(pt, ctx, kvm_init_table_pte(pt, childp))
+    stage2_make_pte(b, pt, ctx, kvm_init_table_pte(b, pt, childp))
     return 0
 
 
-cdef int stage2_map_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
+cdef inline int stage2_map_walker(const Mm *b, PT *pt, Ctx *ctx, int visit) noexcept nogil:
     cdef stage2_map_data *data = <stage2_map_data *>ctx.arg
     if visit == F_TABLE_PRE:
-        return stage2_map_walk_table_pre(pt, ctx, data)
+        return stage2_map_walk_table_pre(b, pt, ctx, data)
     if visit == F_LEAF:
-        return stage2_map_walk_leaf(pt, ctx, data)
+        return stage2_map_walk_leaf(b, pt, ctx, data)
     return -EINVAL
 
 
+cdef int stage2_map_cb(PT *pt, Ctx *ctx, int visit) noexcept nogil:
+    # The walk's callback (table visits, shared walks, other backends).
+    return stage2_map_walker(MM_ANY, pt, ctx, visit)
+
+
+cdef int stage2_map_pool_cb(PT *pt, Ctx *ctx, int visit) noexcept nogil:
+    return stage2_map_walker(MM_POOL_TAG, pt, ctx, visit)
+
+
 cdef int stage2_map_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogil:
-    return visit_leaves(pt, ctx, ptep0, n, done, stage2_map_walker)
+    # A run of last-level entries (every page of a 4K build or a split) on
+    # the pool, not shared, takes the loop's copy with the pool's page
+    # operations inline (see _mm.pxd) and kvm_pgtable_walk_shared() folded
+    # out: both are tested once per run, not per entry. Shared walks (the
+    # fault path: a page or a few) take the other copy.
+    if pt.mm_kind == MM_POOL and not (ctx.flags & F_SHARED):
+        return visit_leaves(pt, ctx, ptep0, n, done, stage2_map_pool_cb)
+    return visit_leaves(pt, ctx, ptep0, n, done, stage2_map_cb)
 
 
 cdef int kvm_pgtable_stage2_map(PT *pt, u64 addr, u64 size, u64 phys, u64 prot, MC *mc,
@@ -363,7 +379,7 @@ cdef int kvm_pgtable_stage2_map(PT *pt, u64 addr, u64 size, u64 phys, u64 prot, 
         return ret
     if not pt.mm_ops.writable:
         return S2_EROFS
-    return walk(pt, addr, size, stage2_map_walker, stage2_map_run, &data, flags | F_TABLE_PRE | F_LEAF)
+    return walk(pt, addr, size, stage2_map_cb, stage2_map_run, &data, flags | F_TABLE_PRE | F_LEAF)
 
 
 cdef int kvm_pgtable_stage2_set_owner(PT *pt, u64 addr, u64 size, MC *mc, u64 owner_id) noexcept nogil:
@@ -378,7 +394,7 @@ cdef int kvm_pgtable_stage2_set_owner(PT *pt, u64 addr, u64 size, MC *mc, u64 ow
     data.memcache = mc
     data.force_pte = True
     data.annotation = True
-    return walk(pt, addr, size, stage2_map_walker, stage2_map_run, &data, F_TABLE_PRE | F_LEAF)
+    return walk(pt, addr, size, stage2_map_cb, stage2_map_run, &data, F_TABLE_PRE | F_LEAF)
 
 # ---------------------------------------------------------------------------
 # Unmap (stage2_unmap_walker)
@@ -393,13 +409,13 @@ cdef int stage2_unmap_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
     if not pte_valid(ctx.old):
         if pte_is_counted(ctx.old):
             write_pte(ctx, 0)
-            put_entry(pt, ctx, ctx.ptep)
+            put_entry(MM_ANY, pt, ctx, ctx.ptep)
         return 0
     if pte_table(ctx.old, ctx.level):
-        childp = kvm_pte_follow(pt, ctx, ctx.old)
+        childp = kvm_pte_follow(MM_ANY, pt, ctx, ctx.old)
         if childp == NULL:
             return S2_ECORRUPT
-        if mm_page_count(pt, childp) != 1:
+        if mm_page_count(MM_ANY, pt, childp) != 1:
             return 0
     elif pte_cacheable(pt, ctx.old):
         need_flush = not pt.fwb
@@ -409,11 +425,11 @@ cdef int stage2_unmap_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
         tlbi_vmid_ipa(pt, ctx.addr, TTL_UNKNOWN)
     elif not stage2_unmap_defer_tlb_flush(pt):
         tlbi_vmid_ipa(pt, ctx.addr, ctx.level)
-    put_entry(pt, ctx, ctx.ptep)
+    put_entry(MM_ANY, pt, ctx, ctx.ptep)
     if need_flush:
         dcache_clean_inval_poc(pt, g_pte_to_phys(&pt.g, ctx.old), granule(pt, ctx.level))
     if childp != NULL:
-        mm_put_page(pt, childp)
+        mm_put_page(MM_ANY, pt, childp)
     return 0
 
 
@@ -610,11 +626,11 @@ cdef u64 *kvm_pgtable_stage2_create_unlinked(PT *pt, u64 phys, int level, u64 pr
     if ret:
         err[0] = ret
         return NULL
-    pgtable = mm_zalloc_page(pt, mc)
+    pgtable = mm_zalloc_page(MM_ANY, pt, mc)
     if pgtable == NULL:
         err[0] = S2_ENOPOOL if pt.err_kind else -ENOMEM
         return NULL
-    w.cb = stage2_map_walker
+    w.cb = stage2_map_cb
     w.run = stage2_map_run
     w.arg = &data
     w.flags = F_LEAF | F_SKIP_BBM_TLBI | F_SKIP_CMO
@@ -654,10 +670,10 @@ cdef int stage2_split_walker(PT *pt, Ctx *ctx, int visit) noexcept nogil:
                                                 kvm_pgtable_stage2_pte_prot(pte), mc, force_pte, &err)
     if childp == NULL:
         return err
-    if not stage2_try_break_pte(pt, ctx):
+    if not stage2_try_break_pte(MM_ANY, pt, ctx):
         kvm_pgtable_stage2_free_unlinked(pt, childp, level)
         return -EAGAIN
-    stage2_make_pte(pt, ctx, kvm_init_table_pte(pt, childp))
+    stage2_make_pte(MM_ANY, pt, ctx, kvm_init_table_pte(MM_ANY, pt, childp))
     return 0
 
 
@@ -712,5 +728,5 @@ cdef void kvm_pgtable_stage2_destroy(PT *pt) noexcept nogil:
         warn(pt, W_DESTROY_RANGE)
     if pt.has_pgd:
         for i in range(pt.g.pgd_pages):
-            mm_put_page(pt, pt.pgd[i])
+            mm_put_page(MM_ANY, pt, pt.pgd[i])
         pt.has_pgd = False

@@ -8,10 +8,8 @@ from libc.stdint cimport int32_t
 from ._types cimport u64, s64, PT, MC, MmOps, Geom, set_error, ERR_CORRUPT
 
 cdef extern from *:
-    """
-    #define S2F_POOL_PA_BASE (1ULL << 46)
-    """
-    const u64 POOL_PA_BASE "S2F_POOL_PA_BASE"   # where pool pages live in the simulated PA space
+    # Where pool pages live in the simulated PA space (a 64-bit C constant, as in _types.pxd).
+    const u64 POOL_PA_BASE "(1ULL << 46)"
 
 cdef struct Pool:
     u64 *mem                # reserved (mmap) region; pages never move

@@ -11,7 +11,7 @@ from posix.mman cimport mmap, munmap, PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_AN
 import numpy as np
 cimport numpy as cnp
 
-from ._types cimport MM_POOL, ERR_NOPOOL, ERR_CORRUPT
+from ._types cimport MM_POOL, ERR_NOPOOL, ERR_CORRUPT, mm_attach
 from ._events cimport warn, W_MC_ALLOC
 
 cnp.import_array()
@@ -61,7 +61,11 @@ cdef s64 pool_new_page(PT *pt) noexcept nogil:
             p.refcnt = nr
             p.refcap = cap
         page = p.n_pages
-        p.n_pages += 1      # fresh mmap memory is already zero
+        p.n_pages += 1
+        # Fresh mmap memory is already zero; write it once now so the first
+        # access (the walker reads a new table before writing it) does not
+        # map the shared zero page only for the first write to fault again.
+        pool_page(pt, page)[0] = 0
     p.refcnt[page] = 1
     p.live += 1
     pt.c.pages_alloc += 1
@@ -93,14 +97,11 @@ cdef u64 *pool_zalloc_page(PT *pt, MC *mc) noexcept nogil:
 
 cdef void pool_release(PT *pt) noexcept nogil:
     cdef Pool *p = pool_of(pt)
-    if p == NULL:
-        return
     if p.mem != NULL:
         munmap(p.mem, p.reserved_bytes)
     free(p.refcnt)
     free(p.free_stack)
     free(p)
-    pt.mm = NULL
 
 
 cdef MmOps POOL_OPS = MmOps(
@@ -117,9 +118,7 @@ cdef int pool_attach(PT *pt, size_t reserve_bytes) except -1:
     cdef u64 i
     if p == NULL:
         raise MemoryError()
-    pt.mm = p
-    pt.mm_ops = &POOL_OPS
-    pt.mm_kind = MM_POOL
+    mm_attach(pt, p, &POOL_OPS, MM_POOL)
     # Reserve address space once so pages never move (numpy views stay
     # valid) and only touched pages cost memory.
     while size >= (<size_t>pt.g.pgd_pages << pt.g.page_shift) and size >= 4096:

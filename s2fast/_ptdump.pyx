@@ -12,7 +12,7 @@ cimport numpy as cnp
 
 from ._types cimport (root_entries_in_ia, ERR_NONE, ERR_OUTSIDE, LAST_LEVEL, PTE_VALID, set_error, pte_table,
                       g_level_shift, g_pte_to_phys)
-from ._mm cimport mm_table, mm_phys_to_virt
+from ._mm cimport MM_ANY, mm_table, mm_phys_to_virt
 from ._visitors cimport CollectData, collect_push, collected_array, collect_free
 
 cnp.import_array()
@@ -27,9 +27,9 @@ cdef object table_view(PT *pt, u64 pa, u64 entries, object owner):
     if entries and not pt.mm_ops.writable:
         if entries > pt.g.ptrs:
             raise ValueError(f"entries {entries} is more than a table holds")
-        t = mm_phys_to_virt(pt, pa, entries * 8)
+        t = mm_phys_to_virt(MM_ANY, pt, pa, entries * 8)
     else:
-        t = mm_table(pt, pa)
+        t = mm_table(MM_ANY, pt, pa)
         entries = pt.g.ptrs
     if t == NULL:
         return None
@@ -54,7 +54,7 @@ cdef u64 count_tables(PT *pt, u64 *table, int level, dict seen, u64 count) excep
         pte = table[i]
         if pte_table(pte, level):
             pa = g_pte_to_phys(&pt.g, pte)
-            child = mm_table(pt, pa)
+            child = mm_table(MM_ANY, pt, pa)
             if child == NULL:
                 continue
             bits = seen.get(pa, 0)
@@ -94,7 +94,7 @@ cdef void collect(PT *pt, CollectData *data, u64 *table, int level, u64 ipa, bin
         if pte == 0:
             continue
         if pte_table(pte, level):
-            child = mm_table(pt, g_pte_to_phys(&pt.g, pte))
+            child = mm_table(MM_ANY, pt, g_pte_to_phys(&pt.g, pte))
             if child != NULL:
                 collect(pt, data, child, level + 1, ipa + (i << shift), valid, pt.g.ptrs)
             elif not pt.mm_ops.writable:

@@ -10,9 +10,9 @@ from libc.string cimport memset
 import numpy as np
 cimport numpy as cnp
 
-from ._types cimport (Geom, Gran, G4K, G16K, G64K, LAST_LEVEL, PTE_VALID, S2AP_R, S2AP_W, S2_AF,
+from ._types cimport (Geom, Gran, G4K, G16K, G64K, LAST_LEVEL, MM_POOL, PTE_VALID, S2AP_R, S2AP_W, S2_AF,
                       g_level_shift, g_table_shift, g_page_shift, g_ptrs, g_pte_to_phys)
-from ._mm cimport mm_table, mm_phys_to_virt
+from ._mm cimport Mm, MM_POOL_TAG, MM_OTHER, MM_ANY, mm_table, mm_phys_to_virt
 
 cnp.import_array()
 
@@ -46,7 +46,7 @@ cdef inline void t_fault(TRow *r, int kind, int level) noexcept nogil:
     r.level = level
     r.fsc = FSC_BASE[kind] + level
 
-cdef void translate_one(Gran *t, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept nogil:
+cdef void translate_one(Gran *t, const Mm *b, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept nogil:
     cdef int level = pt.g.start_level
     cdef int shift
     cdef u64 idx, desc = 0, bs, xn, tpa
@@ -93,7 +93,7 @@ cdef void translate_one(Gran *t, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept n
         else:
             # The page is not wholly in memory: the MMU reads one descriptor,
             # which may still be there (an image cut short).
-            entry = mm_phys_to_virt(pt, tpa + idx * 8, 8)
+            entry = mm_phys_to_virt(b, pt, tpa + idx * 8, 8)
         if entry == NULL:
             t_fault(r, FAULT_EXTERNAL, level)
             return
@@ -108,7 +108,7 @@ cdef void translate_one(Gran *t, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept n
             t_fault(r, FAULT_ADDRESS_SIZE, level)
             return
         tpa = g_pte_to_phys(t, desc)
-        table = mm_table(pt, tpa)
+        table = mm_table(b, pt, tpa)
         level += 1
         shift = g_level_shift(t, level)
         idx = (ipa >> shift) & (g_ptrs(t) - 1)
@@ -159,7 +159,7 @@ cdef void translate_one(Gran *t, PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept n
 cdef enum:
     PREFETCH_AHEAD = 12
 
-cdef inline void prefetch_entry(Gran *t, PT *pt, u64 ipa) noexcept nogil:
+cdef inline void prefetch_entry(Gran *t, const Mm *b, PT *pt, u64 ipa) noexcept nogil:
     cdef int level = pt.g.start_level
     cdef int shift = g_level_shift(t, level)
     cdef u64 idx, desc
@@ -173,14 +173,15 @@ cdef inline void prefetch_entry(Gran *t, PT *pt, u64 ipa) noexcept nogil:
         desc = table[idx]
         if (desc & 3) != 3:
             break
-        table = mm_table(pt, g_pte_to_phys(t, desc))
+        table = mm_table(b, pt, g_pte_to_phys(t, desc))
         level += 1
         shift = g_level_shift(t, level)
         idx = (ipa >> shift) & (g_ptrs(t) - 1)
     if table != NULL:
         __builtin_prefetch(table + idx)
 
-cdef void translate_all(Gran *t, PT *pt, TCfg *cfg, const u64 *ipas, TRow *rows, Py_ssize_t n) noexcept nogil:
+cdef void translate_all(Gran *t, const Mm *b, PT *pt, TCfg *cfg, const u64 *ipas, TRow *rows,
+                        Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef int tag_shift = g_level_shift(t, LAST_LEVEL) + g_table_shift(t)
     cdef u64 ahead, last_tag = <u64>-1
@@ -191,8 +192,8 @@ cdef void translate_all(Gran *t, PT *pt, TCfg *cfg, const u64 *ipas, TRow *rows,
             ahead = ipas[i + PREFETCH_AHEAD]
             if (ahead >> tag_shift) != last_tag:
                 last_tag = ahead >> tag_shift
-                prefetch_entry(t, pt, ahead)
-        translate_one(t, pt, cfg, ipas[i], &rows[i])
+                prefetch_entry(t, b, pt, ahead)
+        translate_one(t, b, pt, cfg, ipas[i], &rows[i])
 
 
 
@@ -206,11 +207,11 @@ cdef void tcfg_init(PT *pt, TCfg *cfg, int access, bint ha, bint xnx) noexcept n
 
 cdef void translate_ipa(PT *pt, TCfg *cfg, u64 ipa, TRow *r) noexcept nogil:
     if pt.g.page_shift == 12:
-        translate_one(<G4K *>NULL, pt, cfg, ipa, r)
+        translate_one(<G4K *>NULL, MM_ANY, pt, cfg, ipa, r)
     elif pt.g.page_shift == 14:
-        translate_one(<G16K *>NULL, pt, cfg, ipa, r)
+        translate_one(<G16K *>NULL, MM_ANY, pt, cfg, ipa, r)
     else:
-        translate_one(<G64K *>NULL, pt, cfg, ipa, r)
+        translate_one(<G64K *>NULL, MM_ANY, pt, cfg, ipa, r)
 
 
 cdef object translate_out(Py_ssize_t n, int access, object out):
@@ -234,9 +235,17 @@ cdef void translate_ipas(PT *pt, int access, bint ha, bint xnx, const u64 *ipas,
     cdef TRow *rows = <TRow *>cnp.PyArray_DATA(out)
     tcfg_init(pt, &cfg, access, ha, xnx)
     with nogil:
-        if pt.g.page_shift == 12:
-            translate_all(<G4K *>NULL, pt, &cfg, ipas, rows, n)
-        elif pt.g.page_shift == 14:
-            translate_all(<G16K *>NULL, pt, &cfg, ipas, rows, n)
+        if pt.mm_kind == MM_POOL:
+            translate_granule(MM_POOL_TAG, pt, &cfg, ipas, rows, n)
         else:
-            translate_all(<G64K *>NULL, pt, &cfg, ipas, rows, n)
+            translate_granule(MM_OTHER, pt, &cfg, ipas, rows, n)
+
+
+cdef void translate_granule(const Mm *b, PT *pt, TCfg *cfg, const u64 *ipas, TRow *rows,
+                            Py_ssize_t n) noexcept nogil:
+    if pt.g.page_shift == 12:
+        translate_all(<G4K *>NULL, b, pt, cfg, ipas, rows, n)
+    elif pt.g.page_shift == 14:
+        translate_all(<G16K *>NULL, b, pt, cfg, ipas, rows, n)
+    else:
+        translate_all(<G64K *>NULL, b, pt, cfg, ipas, rows, n)

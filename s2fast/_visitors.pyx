@@ -11,7 +11,7 @@ from libc.string cimport memset
 import numpy as np
 
 from ._types cimport MC, LAST_LEVEL, PTE_VALID, ENOMEM, S2_EPYEXC, VISITOR_RET_MIN, align_down, g_level_size
-from ._mm cimport mm_virt_to_phys
+from ._mm cimport MM_ANY, mm_virt_to_phys
 from ._walk cimport visit_leaves, F_LEAF, F_TABLE_PRE
 from ._pool cimport mc_ptr
 from ._pgtable cimport stage2_split_walker
@@ -106,7 +106,7 @@ cdef class VisitCtx:
     def ptep(self):
         """The physical address of the entry (where *ctx->ptep lives)."""
         self._check()
-        return mm_virt_to_phys(self.pt, self.c.ptep)
+        return mm_virt_to_phys(MM_ANY, self.pt, self.c.ptep)
 
     @property
     def arg(self):
@@ -161,7 +161,7 @@ cdef class VisitCtx:
         if self.c == NULL:
             return "VisitCtx(<expired>)"
         return (f"VisitCtx(addr={self.c.addr:#x}, level={self.c.level}, old={self.c.old:#x}, "
-                f"ptep={mm_virt_to_phys(self.pt, self.c.ptep):#x})")
+                f"ptep={mm_virt_to_phys(MM_ANY, self.pt, self.c.ptep):#x})")
 
 
 cdef class PyVisit:

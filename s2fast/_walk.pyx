@@ -13,7 +13,7 @@ from ._types cimport (s64, WalkData, Gran, G4K, G16K, G64K, NLEVELS, ERANGE, EIN
                       pte_table, g_level_shift, g_level_size, g_page_shift, g_table_shift, g_ptrs,
                       g_pte_to_phys)
 from ._events cimport warn, W_WALK_LEVEL
-from ._mm cimport follow_pa
+from ._mm cimport MM_ANY, follow_pa
 from ._pool cimport POOL_PA_BASE
 
 # s2fast._pool.TABLE_PA_BASE, also under the name tests and tools have always
@@ -134,7 +134,7 @@ cdef int __kvm_pgtable_visit(Gran *t, PT *pt, WalkData *d, u64 *ptep, int level)
         # Not entered: move past everything the table maps.
         d.addr = align_down(d.addr, gs) + gs
     else:
-        child = follow_pa(pt, &ctx, g_pte_to_phys(t, ctx.old))
+        child = follow_pa(MM_ANY, pt, &ctx, g_pte_to_phys(t, ctx.old))
         if child == NULL:
             return S2_ECORRUPT
         ret = __kvm_pgtable_walk(t, pt, d, child, level + 1)

@@ -18,7 +18,7 @@ import sys
 from typing import Any, Optional, Sequence, TextIO
 
 from . import __version__
-from .cliargs import UsageError, count_arg as _count_arg
+from .cliargs import UsageError, count_arg as _count_arg, on_off
 from .comparison import Comparison, compare
 from .errors import InsufficientMemoryError
 from .geometry import GRANULES
@@ -144,11 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"which pages the guest writes (default {DEFAULTS.pattern})")
     w.add_argument("--seed", type=_count_arg("--seed"), default=None, metavar="N",
                    help="seed for the mix and the access pattern (default 0)")
-    mode = w.add_mutually_exclusive_group()
-    mode.add_argument("--initially-set", dest="initially_set", action="store_true", default=None,
-                      help="manual protect with initially-all-set: CLEAR splits (default)")
-    mode.add_argument("--no-initially-set", dest="initially_set", action="store_false",
-                      help="enabling dirty logging write-protects and eagerly splits")
+    on_off(w, "initially-set", "manual protect with initially-all-set: CLEAR splits (default)",
+           "enabling dirty logging write-protects and eagerly splits")
     w.add_argument("--tlb-range", action="store_true", help="the CPU has range TLBIs")
     w.add_argument("--fwb", action="store_true",
                    help="the CPU has stage-2 FWB: the dcache hook is still called (CMO calls) but does no "
@@ -174,10 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--plot-sizes", type=_sizes_arg, default=None, metavar="LIST",
                    help="guest sizes for --plot, e.g. 16G,32G,64G (default: a quarter, half and all of "
                         "--guest-size)")
-    bar = o.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="show a progress bar on stderr (default: when stderr is a terminal)")
-    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    on_off(o, "progress", "show a progress bar on stderr (default: when stderr is a terminal)")
 
     w.add_argument("--strategy", action="append", default=None, metavar="NAME=FLAGS[,max_level=N]",
                    help="your own strategy (repeatable), e.g. mine=LEAF|SKIP_LEVEL3; runs with KERNEL and "
@@ -233,16 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--base-pa", type=_reg_arg("--base-pa"), default=None, metavar="X",
                      help="--image: physical address of the file's first byte (default: the sidecar's, or 0)")
     attrs = d.add_argument_group("attributes")
-    xg = attrs.add_mutually_exclusive_group()
-    xg.add_argument("--xnx", dest="xnx", action="store_true", default=None,
-                    help="the CPU has FEAT_XNX: XN[0] separates EL1 and EL0 execute (default: the "
-                         "sidecar's setting, on for other images, off for the built-in guest)")
-    xg.add_argument("--no-xnx", dest="xnx", action="store_false", help="only XN[1] counts")
-    fg = attrs.add_mutually_exclusive_group()
-    fg.add_argument("--fwb", dest="fwb", action="store_true", default=None,
-                    help="MemAttr uses the FEAT_S2FWB encodings (HCR_EL2.FWB set)")
-    fg.add_argument("--no-fwb", dest="fwb", action="store_false",
-                    help="the KVM encodings without FWB (default, unless a sidecar says otherwise)")
+    on_off(attrs, "xnx", "the CPU has FEAT_XNX: XN[0] separates EL1 and EL0 execute (default: the "
+                  "sidecar's setting, on for other images, off for the built-in guest)",
+           "only XN[1] counts")
+    on_off(attrs, "fwb", "MemAttr uses the FEAT_S2FWB encodings (HCR_EL2.FWB set)",
+           "the KVM encodings without FWB (default, unless a sidecar says otherwise)")
     d.add_argument("--json", action="store_true", help="print a JSON list of runs instead of the table")
     from . import cli_sweep
     cli_sweep.add_parsers(sub)

@@ -7,7 +7,7 @@ import importlib.util
 import os
 from typing import TextIO
 
-from .cliargs import UsageError, count_arg as _count_arg
+from .cliargs import UsageError, count_arg as _count_arg, on_off
 from .plot import KINDS
 from .sweeps import DEFAULT_MAX_POINTS, Failure, GridError, LocalProcesses, describe_point
 
@@ -33,12 +33,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--max-points", type=_count_arg("--max-points", 1), default=DEFAULT_MAX_POINTS, metavar="N",
                    help=f"refuse a grid of more points than this without --yes (default {DEFAULT_MAX_POINTS})")
     s.add_argument("--yes", action="store_true", help="run a grid of any size")
-    bar = s.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="show progress with ETA on stderr (default: when stderr is a terminal)")
-    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    on_off(s, "progress", "show progress with ETA on stderr (default: when stderr is a terminal)")
 
-    p = sub.add_parser("plot", help="draw a results table: % change against KERNEL",
+    p = sub.add_parser("plot", help="draw a results table: %% change against KERNEL",
                        description="Draw a sweep's table (or any s2fast results table) as reviewers read it: "
                                    "% change against KERNEL, final-table differences marked.")
     p.add_argument("table", metavar="TABLE", help="a results table (.parquet or .csv) written by s2fast sweep")

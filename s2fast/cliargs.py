@@ -22,3 +22,14 @@ def count_arg(name: str, lo: int = 0) -> Callable[[str], int]:
         return v
     parse.__name__ = name
     return parse
+
+
+def on_off(parser: argparse._ActionsContainer, name: str, on_help: str,
+           off_help: str | None = None, dest: str | None = None) -> None:
+    """The pair --NAME / --no-NAME, mutually exclusive, setting ``dest``
+    (default: NAME with underscores) to True / False, or None when neither
+    is given (so the caller can tell "not said" from "off")."""
+    dest = dest or name.replace("-", "_")
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument(f"--{name}", dest=dest, action="store_true", default=None, help=on_help)
+    g.add_argument(f"--no-{name}", dest=dest, action="store_false", help=off_help)

@@ -99,6 +99,18 @@ def test_presets_command_lists_them():
                      "rfc-16g-hugetlb"]
 
 
+def test_help_of_every_command_prints(capsys):
+    # A '%' in a help string that argparse formats crashed `s2fast --help`.
+    from s2fast.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and "compare" in a.choices)
+    for argv in [["--help"]] + [[name, "--help"] for name in sub.choices]:
+        with pytest.raises(SystemExit) as ei:
+            parser.parse_args(argv)
+        assert ei.value.code == 0
+        assert capsys.readouterr().out.startswith("usage: s2fast")
+
+
 def test_progress_bar_is_drawn_and_erased():
     out, err = io.StringIO(), io.StringIO()
     assert main(SMALL[:-1] + ["--progress", "--strategies", "KERNEL"], out=out, err=err) == 0

@@ -21,6 +21,7 @@ cdef class VisitCtx:
     cdef PT *pt
     cdef object _arg
     cdef int _check(self) except -1
+    cdef int _check_writable(self, str what) except -1
 
 cdef class PyVisit:
     # A Python visitor during one walk; exc is what it raised.
@@ -37,6 +38,7 @@ cdef class BuiltinVisitor:
     cdef void *arg_ptr
     cdef bint in_use
     cdef int _check_idle(self) except -1
+    cdef void _bind(self, visitor_fn cb, leaf_run_fn run, void *data, size_t size) noexcept
 
 cdef struct CountData:
     # cnt_t, not u64: see _types.pxd (the counting loop then vectorises)

@@ -1,4 +1,5 @@
-"""Type stub for s2fast/_visitors.pyx (visitors for walk())."""
+"""Type stub for s2fast/_visitors.pyx (visitors for walk()). Read-only
+attributes (Cython properties) are annotated as attributes."""
 from typing import Any
 
 import numpy as np
@@ -6,22 +7,14 @@ import numpy as np
 LEAF_DTYPE: np.dtype
 
 class VisitCtx:
-    @property
-    def addr(self) -> int: ...
-    @property
-    def start(self) -> int: ...
-    @property
-    def end(self) -> int: ...
-    @property
-    def level(self) -> int: ...
-    @property
-    def old(self) -> int: ...
-    @property
-    def flags(self) -> int: ...
-    @property
-    def ptep(self) -> int: ...
-    @property
-    def arg(self) -> Any: ...
+    addr: int
+    start: int
+    end: int
+    level: int
+    old: int
+    flags: int
+    ptep: int
+    arg: Any
     def set(self, new: int) -> None: ...
     def split(self, memcache: Any) -> int: ...
 
@@ -29,14 +22,10 @@ class BuiltinVisitor: ...
 
 class CountVisitor(BuiltinVisitor):
     def reset(self) -> None: ...
-    @property
-    def valid(self) -> dict[int, int]: ...
-    @property
-    def invalid(self) -> dict[int, int]: ...
-    @property
-    def tables(self) -> dict[int, int]: ...
-    @property
-    def total_valid(self) -> int: ...
+    valid: dict[int, int]
+    invalid: dict[int, int]
+    tables: dict[int, int]
+    total_valid: int
 
 class CollectVisitor(BuiltinVisitor):
     def result(self) -> np.ndarray: ...

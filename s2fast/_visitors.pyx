@@ -10,7 +10,7 @@ from libc.string cimport memset
 
 import numpy as np
 
-from ._types cimport MC, LAST_LEVEL, PTE_VALID, ENOMEM, S2_EPYEXC, VISITOR_RET_MIN, align_down, g_level_size
+from ._types cimport MC, Ctx, u64, LAST_LEVEL, PTE_VALID, ENOMEM, S2_EPYEXC, VISITOR_RET_MIN, align_down, g_level_size
 from ._mm cimport MM_ANY, mm_virt_to_phys
 from ._walk cimport visit_leaves, F_LEAF, F_TABLE_PRE
 from ._pool cimport mc_ptr
@@ -68,39 +68,45 @@ cdef void collect_free(CollectData *data) noexcept:
 # ---------------------------------------------------------------------------
 # Python visitors
 
+cdef Ctx ctx_layout      # only its field addresses are used: offsets into struct Ctx
+
+
+cdef class CtxField:
+    """A read-only field of the visit context, read from the live struct
+    Ctx at its offset: one descriptor serves them all, and each read checks
+    that the context is still live."""
+    cdef Py_ssize_t offset
+    cdef bint is_int
+    cdef readonly str __doc__
+
+    def __init__(self, Py_ssize_t offset, bint is_int, str doc):
+        self.offset = offset
+        self.is_int = is_int
+        self.__doc__ = doc
+
+    def __get__(self, VisitCtx ctx, owner):
+        cdef const char *p
+        if ctx is None:
+            return self
+        ctx._check()
+        p = <const char *>ctx.c + self.offset
+        return (<const int *>p)[0] if self.is_int else (<const u64 *>p)[0]
+
+
+cdef Py_ssize_t field_offset(const void *field) noexcept:
+    return <const char *>field - <const char *>&ctx_layout
+
+
 cdef class VisitCtx:
     """The visit context passed to a Python visitor (struct
     kvm_pgtable_visit_ctx). Valid only during the callback."""
 
-    @property
-    def addr(self):
-        self._check()
-        return self.c.addr
-
-    @property
-    def start(self):
-        self._check()
-        return self.c.start
-
-    @property
-    def end(self):
-        self._check()
-        return self.c.end
-
-    @property
-    def level(self):
-        self._check()
-        return self.c.level
-
-    @property
-    def old(self):
-        self._check()
-        return self.c.old
-
-    @property
-    def flags(self):
-        self._check()
-        return self.c.flags
+    addr = CtxField(field_offset(&ctx_layout.addr), False, "The address visited (ctx->addr).")
+    start = CtxField(field_offset(&ctx_layout.start), False, "Where the walk started (ctx->start).")
+    end = CtxField(field_offset(&ctx_layout.end), False, "Where the walk ends (ctx->end).")
+    level = CtxField(field_offset(&ctx_layout.level), True, "The entry's level (ctx->level).")
+    old = CtxField(field_offset(&ctx_layout.old), False, "The entry as the walker read it (ctx->old).")
+    flags = CtxField(field_offset(&ctx_layout.flags), True, "The walk's flags (ctx->flags).")
 
     @property
     def ptep(self):
@@ -117,6 +123,12 @@ cdef class VisitCtx:
             raise RuntimeError("a visit context is only valid during its callback")
         return 0
 
+    cdef int _check_writable(self, str what) except -1:
+        if not self.pt.mm_ops.writable:
+            from .errors import ReadOnlyTableError
+            raise ReadOnlyTableError(f"ctx.{what}() on a table in an external image")
+        return 0
+
     def set(self, new):
         """Write the entry (a WRITE_ONCE of *ctx->ptep; no refcounting)."""
         self._check()
@@ -124,9 +136,7 @@ cdef class VisitCtx:
             raise TypeError(f"ctx.set() takes an int descriptor, not {type(new).__name__} {new!r}")
         if new < 0 or new >= (1 << 64):
             raise ValueError(f"descriptor {new!r} is not a uint64")
-        if not self.pt.mm_ops.writable:
-            from .errors import ReadOnlyTableError
-            raise ReadOnlyTableError("ctx.set() on a table in an external image")
+        self._check_writable("set")
         self.c.ptep[0] = <u64>new
         self.c.writes += 1     # the walker adds it to pt.c after the callback
 
@@ -146,9 +156,7 @@ cdef class VisitCtx:
         if memcache is None:
             raise TypeError("ctx.split() needs the split cache (a MemCache; ctx.arg.memcache in a split)")
         mc = mc_ptr(memcache)
-        if not self.pt.mm_ops.writable:
-            from .errors import ReadOnlyTableError
-            raise ReadOnlyTableError("ctx.split() on a table in an external image")
+        self._check_writable("split")
         # ctx.arg is the walk's (this Python visitor); the kernel's visitor
         # finds its cache there, for the length of the call.
         saved = self.c.arg
@@ -228,6 +236,13 @@ cdef class BuiltinVisitor:
     """Base of the visitors that run in C with no Python call per entry.
     One instance serves one walk at a time (its results live in C)."""
 
+    cdef void _bind(self, visitor_fn cb, leaf_run_fn run, void *data, size_t size) noexcept:
+        """The subclass's walker, last-level run and (zeroed) data."""
+        self.cb = cb
+        self.run = run
+        self.arg_ptr = data
+        memset(data, 0, size)
+
     cdef int _check_idle(self) except -1:
         if self.in_use:
             raise RuntimeError(f"this {type(self).__name__} is in a walk")
@@ -249,15 +264,17 @@ cdef int count_run(PT *pt, Ctx *ctx, u64 *ptep0, u64 n, u64 *done) noexcept nogi
     return visit_leaves(pt, ctx, ptep0, n, done, count_walker)
 
 
+cdef dict per_level(list counts):
+    """Counts stored at index level + 1 -> {level: count}, zeros left out."""
+    return {i - 1: n for i, n in enumerate(counts) if n}
+
+
 cdef class CountVisitor(BuiltinVisitor):
     """Counts entries by kind and level: valid leaves, invalid entries
     (LEAF visits) and tables (TABLE_PRE visits)."""
 
     def __cinit__(self):
-        self.cb = count_walker
-        self.run = count_run
-        self.arg_ptr = &self.data
-        memset(&self.data, 0, sizeof(CountData))
+        self._bind(count_walker, count_run, &self.data, sizeof(CountData))
 
     def reset(self):
         self._check_idle()
@@ -266,17 +283,18 @@ cdef class CountVisitor(BuiltinVisitor):
     @property
     def valid(self):
         """Valid leaves seen, per level (dict level -> count)."""
-        return {lv: self.data.valid[lv + 1] for lv in range(-1, 4) if self.data.valid[lv + 1]}
+        return per_level([self.data.valid[i] for i in range(NLEVELS)])
 
     @property
     def invalid(self):
+        """Invalid entries seen (LEAF visits), per level."""
         d = self.data
-        return {lv: d.leaves[lv + 1] - d.valid[lv + 1] for lv in range(-1, 4)
-                if d.leaves[lv + 1] - d.valid[lv + 1]}
+        return per_level([d.leaves[i] - d.valid[i] for i in range(NLEVELS)])
 
     @property
     def tables(self):
-        return {lv: self.data.tables[lv + 1] for lv in range(-1, 4) if self.data.tables[lv + 1]}
+        """Table entries seen (TABLE_PRE visits), per level."""
+        return per_level([self.data.tables[i] for i in range(NLEVELS)])
 
     @property
     def total_valid(self):
@@ -299,10 +317,7 @@ cdef class CollectVisitor(BuiltinVisitor):
     """Collects every valid leaf the walk visits (IPA aligned to the leaf)."""
 
     def __cinit__(self):
-        self.cb = collect_walker
-        self.run = collect_run
-        self.arg_ptr = &self.data
-        memset(&self.data, 0, sizeof(CollectData))
+        self._bind(collect_walker, collect_run, &self.data, sizeof(CollectData))
 
     def __dealloc__(self):
         collect_free(&self.data)

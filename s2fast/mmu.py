@@ -336,7 +336,7 @@ class VM:
         """One guest write to ``ipa`` (inside a memslot); returns 0 or the
         fault handler's error. See ``access_pages``."""
         ipa = checks.integer("ipa", ipa, 0, (1 << self.pt.ia_bits) - 1)
-        return self._access(np.array([ipa], dtype=np.uint64), np.ones(1, dtype=np.uint8))[1]
+        return guest_accesses(self, np.array([ipa], dtype=np.uint64), np.ones(1, dtype=np.uint8))[1]
 
     def write_pages(self, ipas: Iterable[int]) -> int:
         """Guest writes, one per page address, in order. Returns how many
@@ -362,29 +362,8 @@ class VM:
         w = np.broadcast_to(w, arr.shape) if w.ndim == 0 else w
         if w.shape != arr.shape:
             raise ValueError(f"writes has {w.size} values for {arr.size} accesses")
-        errors, _ = self._access(arr.astype(np.uint64), w.astype(np.uint8))
+        errors, _ = guest_accesses(self, arr.astype(np.uint64), w.astype(np.uint8))
         return errors
-
-    def _access(self, ipas: np.ndarray, writes: np.ndarray) -> tuple[int, int]:
-        """The accesses through the engine's fault path: (failed, last error)."""
-        ipas = np.ascontiguousarray(ipas, dtype=np.uint64) & np.uint64(self._page_mask & 0xFFFFFFFFFFFFFFFF)
-        if len(ipas):
-            bases = np.array(self._bases, dtype=np.uint64)
-            i = np.searchsorted(bases, ipas, side="right").astype(np.int64) - 1
-            ends = np.array([s.end for s in self.memslots] + [0], dtype=np.uint64)
-            outside = (i < 0) | (ipas >= ends[i])
-            if outside.any():
-                raise ValueError(f"IPA {int(ipas[np.argmax(outside)]):#x} is outside every memslot")
-        slots = [(s.base, s.end, s.logging, s.kinds, s.dirty_bitmap) for s in self.memslots]
-        counts = np.zeros(len(FAULT_COUNTERS), dtype=np.uint64)
-        done, last = self.pt._guest_accesses(self.vcpu_cache, self._fault_host, slots, ipas,
-                                            np.ascontiguousarray(writes, dtype=np.uint8), counts)
-        c = self.counters
-        for name, v in zip(FAULT_COUNTERS, counts.tolist()):
-            c[name] += v
-        if done != len(ipas):       # the engine stops only on what was checked above
-            raise RuntimeError(f"the fault path stopped after {done} of {len(ipas)} accesses")
-        return int(counts[FAULT_COUNTERS.index("fault_errors")]), last
 
 
 # ---------------------------------------------------------------------------
@@ -491,6 +470,31 @@ def kvm_arch_mmu_enable_log_dirty_pt_masked(vm: VM, gfn_offset: int, mask: int) 
         kvm_mmu_split_huge_pages(vm, start, end)
 
 
+def guest_accesses(vm: VM, ipas: np.ndarray, writes: np.ndarray) -> tuple[int, int]:
+    """Guest accesses (page addresses; a write where ``writes`` is non-zero)
+    through the engine's fault path, the VM's state handed in: returns (how
+    many failed, the last error). Every IPA must lie in a memslot: checked
+    first, so that a bad batch changes nothing."""
+    ipas = np.ascontiguousarray(ipas, dtype=np.uint64) & np.uint64(vm._page_mask & 0xFFFFFFFFFFFFFFFF)
+    if len(ipas):
+        bases = np.array(vm._bases, dtype=np.uint64)
+        i = np.searchsorted(bases, ipas, side="right").astype(np.int64) - 1
+        ends = np.array([s.end for s in vm.memslots] + [0], dtype=np.uint64)
+        outside = (i < 0) | (ipas >= ends[i])
+        if outside.any():
+            raise ValueError(f"IPA {int(ipas[np.argmax(outside)]):#x} is outside every memslot")
+    slots = [(s.base, s.end, s.logging, s.kinds, s.dirty_bitmap) for s in vm.memslots]
+    counts = np.zeros(len(FAULT_COUNTERS), dtype=np.uint64)
+    done, last = vm.pt._guest_accesses(vm.vcpu_cache, vm._fault_host, slots, ipas,
+                                      np.ascontiguousarray(writes, dtype=np.uint8), counts)
+    c = vm.counters
+    for name, v in zip(FAULT_COUNTERS, counts.tolist()):
+        c[name] += v
+    if done != len(ipas):       # the engine stops only on what was checked above
+        raise RuntimeError(f"the fault path stopped after {done} of {len(ipas)} accesses")
+    return int(counts[FAULT_COUNTERS.index("fault_errors")]), last
+
+
 def guest_write(vm: VM, slot: Memslot, ipa: int, write: bool = True) -> int:
     """One guest write (``write=False``: read) of page ``ipa`` in ``slot``:
     the MMU's walk, then user_mem_abort() if it faults, retried on -EAGAIN;
@@ -499,4 +503,4 @@ def guest_write(vm: VM, slot: Memslot, ipa: int, write: bool = True) -> int:
     (s2fast/_mmu.pyx), which runs whole batches (``VM.access_pages``)."""
     if slot not in vm.memslots or not slot.contains(ipa):
         raise ValueError(f"IPA {ipa:#x} is not inside memslot {slot.id} of this VM")
-    return vm._access(np.array([ipa], dtype=np.uint64), np.array([bool(write)], dtype=np.uint8))[1]
+    return guest_accesses(vm, np.array([ipa], dtype=np.uint64), np.array([bool(write)], dtype=np.uint8))[1]

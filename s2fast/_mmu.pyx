@@ -44,12 +44,15 @@ cdef inline u64 memslot_phys(const Host *h, const Slot *s, u64 ipa) noexcept nog
 cdef int user_mem_abort(PT *pt, MC *mc, const Host *h, const Slot *s, u64 ipa, int level, u64 pte,
                         bint write, u64 *counts) noexcept nogil:
     """A fault on page ipa whose walk ended at level with pte (0 when
-    invalid): top the vCPU's cache up, then relax_perms() when pte is a leaf
-    of the size to map, else map() that size (pages while logging, else the
-    backing's). A read maps a logging slot's page read-only: only a write
-    fault makes it writable."""
+    invalid: a translation fault, else a permission fault): top the vCPU's
+    cache up unless a permission fault needs no table (the kernel's
+    topup_memcache rule), then relax_perms() when pte is a leaf of the size
+    to map, else map() that size (pages while logging, else the backing's).
+    A read maps a logging slot's page read-only: only a write fault makes it
+    writable."""
     cdef u64 size, fipa, prot
-    if mc.nobjs < h.min_pages:
+    cdef bint topup = not pte or (s.logging and write)
+    if topup and mc.nobjs < h.min_pages:
         counts[C_VCPU_CACHE_TOPUPS] += 1
         counts[C_VCPU_CACHE_TOPUP_PAGES] += h.cache_capacity - mc.nobjs
         mc.nobjs = h.cache_capacity

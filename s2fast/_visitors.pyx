@@ -10,7 +10,7 @@ from libc.string cimport memset
 
 import numpy as np
 
-from ._types cimport MC, Ctx, u64, LAST_LEVEL, PTE_VALID, ENOMEM, S2_EPYEXC, VISITOR_RET_MIN, align_down, g_level_size
+from ._types cimport MC, Ctx, u64, pte_valid, pte_table, LAST_LEVEL, PTE_VALID, ENOMEM, S2_EPYEXC, VISITOR_RET_MIN, align_down, g_level_size
 from ._mm cimport MM_ANY, mm_virt_to_phys
 from ._walk cimport visit_leaves, F_LEAF, F_TABLE_PRE
 from ._pool cimport mc_ptr
@@ -80,6 +80,8 @@ cdef class CtxField:
     cdef readonly str __doc__
 
     def __init__(self, Py_ssize_t offset, bint is_int, str doc):
+        if not 0 <= offset <= <Py_ssize_t>sizeof(Ctx) - (<Py_ssize_t>sizeof(int) if is_int else 8):
+            raise ValueError(f"offset {offset} is not a field of the visit context")
         self.offset = offset
         self.is_int = is_int
         self.__doc__ = doc
@@ -146,9 +148,10 @@ cdef class VisitCtx:
         (or, with too few pages cached, of next-level blocks), through
         create_unlinked(), break-before-make and the new table entry. Returns
         the walker's result (0, -ENOMEM, -EAGAIN ...); 0 for an entry that
-        is not a valid block. What a Python split visitor calls for the
-        entries it chooses to split; the walk then descends into the new
-        table as it would after the kernel's visitor."""
+        is not a valid block (a table, an invalid entry, a page). What a
+        Python split visitor calls for the entries it chooses to split; the
+        walk then descends into the new table as it would after the
+        kernel's visitor."""
         cdef MC *mc
         cdef void *saved
         cdef int ret
@@ -157,6 +160,15 @@ cdef class VisitCtx:
             raise TypeError("ctx.split() needs the split cache (a MemCache; ctx.arg.memcache in a split)")
         mc = mc_ptr(memcache)
         self._check_writable("split")
+        if self.c.ptep[0] != self.c.old:
+            # ctx.old is what the split would replace: a second split (or one
+            # after ctx.set()) would build a table from a block no longer there
+            raise RuntimeError("ctx.split(): the entry changed since the walker read it (ctx.set() or an "
+                               "earlier split in this callback)")
+        # The kernel runs its split visitor on LEAF visits only, which never
+        # see a table entry.
+        if not pte_valid(self.c.old) or pte_table(self.c.old, self.c.level):
+            return 0
         # ctx.arg is the walk's (this Python visitor); the kernel's visitor
         # finds its cache there, for the length of the call.
         saved = self.c.arg

@@ -501,6 +501,8 @@ def guest_write(vm: VM, slot: Memslot, ipa: int, write: bool = True) -> int:
     a write marks the page dirty (mark_page_dirty_in_slot()). Returns 0 or
     the handler's error. user_mem_abort() itself is the engine's
     (s2fast/_mmu.pyx), which runs whole batches (``VM.access_pages``)."""
+    ipa = checks.integer("ipa", ipa, 0, (1 << vm.pt.ia_bits) - 1)
+    write = checks.boolean("write", write)
     if slot not in vm.memslots or not slot.contains(ipa):
         raise ValueError(f"IPA {ipa:#x} is not inside memslot {slot.id} of this VM")
-    return guest_accesses(vm, np.array([ipa], dtype=np.uint64), np.array([bool(write)], dtype=np.uint8))[1]
+    return guest_accesses(vm, np.array([ipa], dtype=np.uint64), np.array([write], dtype=np.uint8))[1]

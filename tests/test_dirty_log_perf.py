@@ -559,3 +559,36 @@ def test_runs_on_16k_and_64k_hosts(granule, src, chunk, size):
     assert r.phase("dirty 2").faults == d2["pages_marked_dirty"] == size // granule
     assert r.phase("clear 1").counts["mask_words"] == size // granule // 64
     assert r.phase("clear 1").counts["split_calls"] == size // granule // 64
+
+
+def test_ctx_split_leaves_tables_alone_and_refuses_a_changed_entry():
+    """ctx.split() on a table entry (a TABLE_PRE visit) returns 0 and changes
+    nothing, as the kernel's visitor never sees one; a second split of the
+    same entry in one callback is refused (it would build a table from a
+    block that is no longer there, and leak the first)."""
+    from s2fast import MemCache, Prot, Stage2PageTable
+    pt = Stage2PageTable(40)
+    pt.map(GiB, GiB, 1 << 40, int(Prot.R | Prot.W), memcache=MemCache(16))          # one 1 GiB block
+    pt.map(4 * GiB, 2 * MiB, 1 << 41, int(Prot.R | Prot.W), memcache=MemCache(16), force_pte=True)
+    before = pt.descriptors.copy(), pt.pages_live
+    rets = []
+    pt.walk(4 * GiB, 2 * MiB, lambda ctx, visit: rets.append(ctx.split(MemCache(600))), WalkFlags.TABLE_PRE)
+    assert rets and set(rets) == {0}
+    assert np.array_equal(pt.descriptors[:len(before[0])], before[0]) and pt.pages_live == before[1]
+
+    def twice(ctx, visit):
+        assert ctx.split(MemCache(600)) == 0
+        ctx.split(MemCache(600))
+    with pytest.raises(RuntimeError, match="entry changed since the walker read it"):
+        pt.walk(GiB, 4096, twice, WalkFlags.LEAF)
+    assert pt.table_pages() == pt.pages_live                  # nothing leaked
+
+
+def test_guest_write_checks_its_arguments():
+    vm = VM(40)
+    slot = vm.add_memslot(2 * MiB, "4k", base=GiB)
+    with pytest.raises(TypeError, match="ipa"):
+        guest_write(vm, slot, float(GiB))
+    with pytest.raises(TypeError, match="write"):
+        guest_write(vm, slot, GiB, "no")
+    assert vm.counters["guest_writes"] == 0

@@ -74,22 +74,36 @@ def test_engine_fault_path_equals_the_model(case, populate, logging, initially_s
         assert (x is None and y is None) or np.array_equal(x, y)
 
 
-def test_model_catches_a_wrong_fault_path():
+def test_model_catches_a_wrong_fault_path(monkeypatch):
     """The comparison above fails on a changed decision: a model that maps
-    a whole block where a logging slot needs a page differs from the engine."""
+    a whole block where a logging slot needs a page differs from the engine
+    (in its counts, its table and its bitmap)."""
     vm_e = make_vm(4096, "1g", 2 * GiB, True, True, True, 0, 1)
     vm_m = make_vm(4096, "1g", 2 * GiB, True, True, True, 0, 1)
     ipas = np.array([GiB, GiB + 4096], dtype=np.uint64)
     vm_e.access_pages(ipas, True)
-    wrong = lambda vm, ipa: 0                       # noqa: E731 - a handler that does nothing
-    saved = mmu_fault.user_mem_abort
-    mmu_fault.user_mem_abort = lambda vm, slot, ipa, level, pte, write: wrong(vm, ipa)
-    try:
-        for ip in ipas.tolist():
-            mmu_fault.guest_access(vm_m, ip, True)
-    finally:
-        mmu_fault.user_mem_abort = saved
-    assert vm_e.snapshot() != vm_m.snapshot()
+    monkeypatch.setattr(mmu_fault, "fault_size", lambda vm, slot, ipa: vm.host.kind_sizes[slot.kind_at(ipa)])
+    for ip in ipas.tolist():
+        mmu_fault.guest_access(vm_m, ip, True)
+    (c1, d1, b1), (c2, d2, b2) = state(vm_e), state(vm_m)
+    assert c1 != c2 and c1["faults_perm_block"] == 1 and c2["faults_perm"] == 1
+    assert not np.array_equal(d1, d2) and not np.array_equal(b1[0], b2[0])
+
+
+def test_vcpu_cache_topped_up_only_when_the_fault_may_need_a_table():
+    """user_mem_abort()'s topup_memcache = !fault_is_perm || (logging_active
+    && write_fault): after logging stops, a write to a write-protected page
+    is a permission fault relax_perms() fixes, with no top-up."""
+    vm = make_vm(4096, "4k", 4 * MiB, True, True, True, 0, 5)     # CLEAR write-protected slot 0
+    vm.disable_dirty_logging(0)
+    vm.vcpu_cache.topup(1)
+    vm.access_pages([GiB], True)
+    assert vm.counters["faults_perm"] == 1 and vm.counters["vcpu_cache_topups"] == 0
+    assert vm.vcpu_cache.nobjs == 1
+    vm2 = make_vm(4096, "4k", 4 * MiB, False, True, True, 0, 5)
+    vm2.vcpu_cache.topup(1)
+    vm2.access_pages([GiB], False)                              # translation fault: topped up
+    assert vm2.counters["vcpu_cache_topups"] == 1 and vm2.vcpu_cache.nobjs >= 38
 
 
 def test_access_pages_refuses_bad_input_and_changes_nothing():

@@ -40,14 +40,22 @@ def hw_walk(vm, ipa: int) -> tuple[int, int]:
         idx = (ipa >> g.level_shift(level)) & (g.ptrs_per_table - 1)
 
 
+def fault_size(vm, slot, ipa: int) -> int:
+    """The size user_mem_abort() maps: a page while the slot logs dirty
+    pages (force_pte), else the backing's."""
+    return vm.host.kind_sizes[0 if slot.logging else slot.kind_at(ipa)]
+
+
 def user_mem_abort(vm, slot, ipa: int, level: int, pte: int, write: bool) -> int:
     c = vm.counters
     mc = vm.vcpu_cache
-    if mc.nobjs < 4 - vm.pt.geometry.start_level - 1:          # kvm_mmu_cache_min_pages()
+    # topup_memcache: a permission fault needs a table only to break a block up while logging
+    topup = not pte or (slot.logging and write)
+    if topup and mc.nobjs < 4 - vm.pt.geometry.start_level - 1:          # kvm_mmu_cache_min_pages()
         c["vcpu_cache_topups"] += 1
         c["vcpu_cache_topup_pages"] += KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE - mc.nobjs
         mc.topup(KVM_ARCH_NR_OBJS_PER_MEMORY_CACHE)
-    size = vm.host.kind_sizes[0 if slot.logging else slot.kind_at(ipa)]
+    size = fault_size(vm, slot, ipa)
     if pte and size == vm.pt.geometry.level_size(level):
         c["faults_perm"] += 1
         return vm.pt._relax_perms_unchecked(ipa, PROT_R | PROT_W, FAULT_FLAGS)

@@ -112,10 +112,22 @@ cdef const Slot *find_slot(const Slot *slots, int n, u64 ipa) noexcept nogil:
     return NULL
 
 
+cdef Py_ssize_t first_outside(const Slot *slots, int nslots, const u64 *ipas, Py_ssize_t n) noexcept nogil:
+    """The index of the first IPA outside every memslot, or -1."""
+    cdef const Slot *s = NULL
+    cdef Py_ssize_t i
+    for i in range(n):
+        if s == NULL or not (s.base <= ipas[i] < s.end):
+            s = find_slot(slots, nslots, ipas[i])
+            if s == NULL:
+                return i
+    return -1
+
+
 cdef Py_ssize_t access_loop(PT *pt, MC *mc, const Host *h, const Slot *slots, int nslots, const u64 *ipas,
                             const uint8_t *writes, Py_ssize_t n, u64 *counts, int *last_err) noexcept nogil:
-    """The accesses in order; returns how many were made (n, unless an IPA
-    lies outside every memslot or the table turned out corrupt)."""
+    """The accesses in order; returns how many were made (n, unless the
+    table turned out corrupt; first_outside() has checked the slots)."""
     cdef TCfg cfg
     cdef const Slot *s = NULL
     cdef u64 ipa, page_mask = ~(((<u64>1) << pt.g.page_shift) - 1)
@@ -144,7 +156,8 @@ cdef tuple guest_accesses(PT *pt, MC *mc, tuple host, list slots, const u64[::1]
     kvm_mmu_cache_min_pages, cache capacity); slots: (base, end, logging,
     kinds uint8 array, dirty bitmap uint64 array or None) sorted by base;
     counts: FAULT_COUNTERS, added to. Returns (accesses made, the last
-    error a fault returned or 0)."""
+    error a fault returned or 0); raises ValueError, having made none, when
+    an IPA lies outside every memslot."""
     cdef Host h
     cdef Slot *sl
     cdef const uint8_t[::1] kinds
@@ -173,6 +186,11 @@ cdef tuple guest_accesses(PT *pt, MC *mc, tuple host, list slots, const u64[::1]
                 raise ValueError(f"memslot at {base:#x} is logging without a dirty bitmap")
         if n == 0:
             return 0, 0
+        # Every IPA is checked before any access, so a bad batch changes nothing.
+        with nogil:
+            done = first_outside(sl, nslots, &ipas[0], n)
+        if done >= 0:
+            raise ValueError(f"IPA {ipas[done]:#x} is outside every memslot")
         with nogil:
             done = access_loop(pt, mc, &h, sl, nslots, &ipas[0], &writes[0], n, &counts[0], &last_err)
     finally:

@@ -122,3 +122,19 @@ def test_access_pages_refuses_bad_input_and_changes_nothing():
     after = state(vm)
     assert before[0] == after[0] and np.array_equal(before[1], after[1])
     assert all(np.array_equal(x, y) for x, y in zip(before[2], after[2]) if x is not None)
+
+
+def test_read_fault_on_a_logging_slot_maps_the_page_read_only():
+    """user_mem_abort(): while logging, a read fault maps the page without
+    write permission (only a write fault may make it writable, so that the
+    write is seen and logged); the write that follows faults again, on
+    permission, and marks the page dirty."""
+    vm = make_vm(4096, "4k", 4 * MiB, False, True, True, 0, 7)    # slot 0 logging, nothing mapped
+    vm.access_pages([GiB], False)
+    assert vm.counters["faults_translation"] == 1 and vm.counters["faults_read"] == 1
+    level, desc = vm.translate(GiB)
+    assert level == 3 and desc & 1 and not desc & (1 << 7)            # valid, S2AP_W clear
+    assert vm.memslots[0].dirty_pages() == 0
+    vm.access_pages([GiB], True)
+    assert vm.counters["faults_perm"] == 1 and vm.translate(GiB)[1] & (1 << 7)
+    assert vm.memslots[0].dirty_pages() == 1
